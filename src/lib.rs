@@ -1,1 +1,2 @@
-
+//! martstream: GlobalMart's sales stream turned into an always-current analytics warehouse.
+pub mod domain;

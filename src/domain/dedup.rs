@@ -1,0 +1,125 @@
+//! Which `transaction_id`s were applied (SPEC §1 "Duplicates").
+//!
+//! The first valid arrival of an id wins; a later copy with the same parsed JSON is a
+//! duplicate, one with different JSON a conflicting duplicate. Ids are remembered for the
+//! dedup horizon of event time (35 days by default) behind the newest applied event; older
+//! entries are dropped when the newest event's date moves on, so memory follows the horizon,
+//! not the length of history. Each entry is 32 bytes: a 128-bit hash of the id (collisions
+//! are ~1e-20 likely at 100M ids), the fingerprint of the JSON, the event date and the kind.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::event::EventKind;
+
+/// What the index knows about an applied id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub fingerprint: u64,
+    /// Event date as days since 1970-01-01.
+    pub day: i32,
+    pub kind: EventKind,
+}
+
+/// The verdict on an arriving id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Not seen (within the horizon): apply it.
+    New,
+    /// The same event again: drop it.
+    Duplicate,
+    /// Same id, different content: dead-letter it.
+    Conflicting,
+}
+
+#[derive(Debug, Clone)]
+pub struct DedupIndex {
+    seen: HashMap<u128, Seen>,
+    horizon_days: i32,
+    /// Entries older than this day have been evicted.
+    evicted_before: i32,
+}
+
+/// Days since 1970-01-01 of a date.
+pub fn epoch_day(date: NaiveDate) -> i32 {
+    (date - NaiveDate::default()).num_days() as i32
+}
+
+fn key(transaction_id: &str) -> u128 {
+    xxh3_128(transaction_id.as_bytes())
+}
+
+impl DedupIndex {
+    pub fn new(horizon_days: u32) -> Self {
+        DedupIndex { seen: HashMap::new(), horizon_days: horizon_days as i32, evicted_before: i32::MIN }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Classifies an arrival without recording it.
+    pub fn check(&self, transaction_id: &str, fingerprint: u64) -> Arrival {
+        match self.seen.get(&key(transaction_id)) {
+            None => Arrival::New,
+            Some(seen) if seen.fingerprint == fingerprint => Arrival::Duplicate,
+            Some(_) => Arrival::Conflicting,
+        }
+    }
+
+    /// Records an applied id.
+    pub fn record(&mut self, transaction_id: &str, seen: Seen) {
+        self.seen.insert(key(transaction_id), seen);
+    }
+
+    /// The applied event with this id, if remembered.
+    pub fn get(&self, transaction_id: &str) -> Option<Seen> {
+        self.seen.get(&key(transaction_id)).copied()
+    }
+
+    /// Forgets ids older than the horizon behind `newest_day`. Cheap to call often: it sweeps
+    /// only when the cut-off day moves.
+    pub fn evict_behind(&mut self, newest_day: i32) {
+        let cutoff = newest_day - self.horizon_days;
+        if cutoff > self.evicted_before {
+            self.seen.retain(|_, s| s.day >= cutoff);
+            self.evicted_before = cutoff;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(fp: u64, day: i32) -> Seen {
+        Seen { fingerprint: fp, day, kind: EventKind::Purchase }
+    }
+
+    #[test]
+    fn first_arrival_wins_then_duplicates_and_conflicts() {
+        let mut d = DedupIndex::new(35);
+        assert_eq!(d.check("t1", 7), Arrival::New);
+        d.record("t1", seen(7, 100));
+        assert_eq!(d.check("t1", 7), Arrival::Duplicate);
+        assert_eq!(d.check("t1", 8), Arrival::Conflicting);
+        assert_eq!(d.check("t2", 7), Arrival::New);
+    }
+
+    #[test]
+    fn remembers_the_horizon_and_forgets_beyond_it() {
+        let mut d = DedupIndex::new(35);
+        d.record("old", seen(1, 100));
+        d.record("edge", seen(1, 105));
+        d.evict_behind(140);
+        assert_eq!(d.check("edge", 1), Arrival::Duplicate, "exactly 35 days back is kept");
+        assert_eq!(d.check("old", 1), Arrival::New);
+        assert_eq!(d.len(), 1);
+    }
+}

@@ -1,0 +1,27 @@
+//! The pure core: the event model and the incremental aggregates, with no async, no clocks
+//! and no I/O. Given events and an `as_of`, it produces view documents and their changes.
+//!
+//! - [`money`]: integer cents and the SPEC's rounding.
+//! - [`event`]: a decoded, valid transaction.
+//! - [`decode`]: bytes → [`event::Transaction`] or a dead-letter [`decode::Rejection`].
+//! - [`dedup`]: which `transaction_id`s were applied, within the dedup horizon.
+//! - [`ranked`]: the order-statistic set behind tie-aware quintiles.
+//! - [`rfm`]: per-customer RFM state and the `customer_rfm_analysis` documents.
+//! - [`engine`]: all of the above behind `apply(event)` and `flush(as_of)`.
+//! - [`batch`]: a straightforward full recompute of every view, the oracle the incremental
+//!   engine is tested against (and the baseline it is benchmarked against).
+
+pub mod batch;
+pub mod decode;
+pub mod dedup;
+pub mod engine;
+pub mod event;
+pub mod money;
+pub mod ranked;
+pub mod rfm;
+#[cfg(test)]
+mod testgen;
+
+pub use decode::{decode, Decoded, RejectReason, Rejection};
+pub use engine::{Engine, Outcome, ViewChanges, ViewConfig};
+pub use event::{EventKind, LineItem, Location, Transaction};

@@ -1,0 +1,231 @@
+//! An ordered set with O(log n) rank and select: the order-statistic index behind the
+//! tie-aware RFM quintiles.
+//!
+//! Layout: the keys in sorted blocks of at most `2 * LOAD` keys, a Fenwick tree over the
+//! block lengths for positions, and each block's largest key for finding a key's block.
+//! Insert and remove move at most one block's keys (a few KB); rank and select are a binary
+//! search plus a Fenwick descent. Iteration is over contiguous arrays. Blocks split when
+//! full and disappear when empty; the Fenwick tree is rebuilt then (once per ~LOAD inserts).
+
+const LOAD: usize = 512;
+
+#[derive(Debug, Clone)]
+pub struct RankedSet<K> {
+    blocks: Vec<Vec<K>>,
+    maxes: Vec<K>,
+    fenwick: Vec<usize>,
+    len: usize,
+}
+
+impl<K: Ord + Copy> Default for RankedSet<K> {
+    fn default() -> Self {
+        RankedSet { blocks: Vec::new(), maxes: Vec::new(), fenwick: Vec::new(), len: 0 }
+    }
+}
+
+impl<K: Ord + Copy> RankedSet<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds the set from keys in any order (duplicates are kept once).
+    pub fn from_keys(mut keys: Vec<K>) -> Self {
+        keys.sort_unstable();
+        keys.dedup();
+        let mut set = Self::default();
+        set.len = keys.len();
+        set.blocks = keys.chunks(LOAD).map(<[K]>::to_vec).collect();
+        set.rebuild_index();
+        set
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The block that holds `key` if it is present, or where it belongs.
+    fn block_of(&self, key: &K) -> usize {
+        self.maxes.partition_point(|m| m < key).min(self.blocks.len() - 1)
+    }
+
+    /// Adds `key`; false when it was already present.
+    pub fn insert(&mut self, key: K) -> bool {
+        if self.blocks.is_empty() {
+            self.blocks.push(vec![key]);
+            self.len = 1;
+            self.rebuild_index();
+            return true;
+        }
+        let b = self.block_of(&key);
+        let block = &mut self.blocks[b];
+        let Err(pos) = block.binary_search(&key) else { return false };
+        block.insert(pos, key);
+        self.len += 1;
+        if pos + 1 == block.len() {
+            self.maxes[b] = key;
+        }
+        if block.len() > 2 * LOAD {
+            let tail = block.split_off(LOAD);
+            self.blocks.insert(b + 1, tail);
+            self.rebuild_index();
+        } else {
+            self.fenwick_add(b, 1, true);
+        }
+        true
+    }
+
+    /// Removes `key`; false when it was not present.
+    pub fn remove(&mut self, key: &K) -> bool {
+        if self.blocks.is_empty() {
+            return false;
+        }
+        let b = self.block_of(key);
+        let block = &mut self.blocks[b];
+        let Ok(pos) = block.binary_search(key) else { return false };
+        block.remove(pos);
+        self.len -= 1;
+        if block.is_empty() {
+            self.blocks.remove(b);
+            self.rebuild_index();
+        } else {
+            self.maxes[b] = *block.last().expect("non-empty block");
+            self.fenwick_add(b, 1, false);
+        }
+        true
+    }
+
+    /// How many keys are strictly smaller than `key`.
+    pub fn rank(&self, key: &K) -> usize {
+        let b = self.maxes.partition_point(|m| m < key);
+        if b == self.blocks.len() {
+            return self.len;
+        }
+        self.prefix(b) + self.blocks[b].partition_point(|k| k < key)
+    }
+
+    /// The key at sorted position `index` (0-based).
+    pub fn select(&self, index: usize) -> Option<K> {
+        if index >= self.len {
+            return None;
+        }
+        // Fenwick descent: the last block whose prefix count is <= index.
+        let mut pos = 0;
+        let mut rest = index;
+        let mut step = self.fenwick.len().next_power_of_two();
+        while step > 0 {
+            let next = pos + step;
+            if next <= self.fenwick.len() && self.fenwick[next - 1] <= rest {
+                rest -= self.fenwick[next - 1];
+                pos = next;
+            }
+            step /= 2;
+        }
+        Some(self.blocks[pos][rest])
+    }
+
+    /// The keys `k` with `low < k <= high`, ascending.
+    pub fn range_after(&self, low: K, high: K) -> impl Iterator<Item = K> + '_ {
+        let start = self.maxes.partition_point(|m| *m <= low);
+        self.blocks[start.min(self.blocks.len())..]
+            .iter()
+            .flat_map(|block| block.iter().copied())
+            .skip_while(move |k| *k <= low)
+            .take_while(move |k| *k <= high)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = K> + '_ {
+        self.blocks.iter().flat_map(|block| block.iter().copied())
+    }
+
+    fn prefix(&self, block: usize) -> usize {
+        let mut i = block;
+        let mut sum = 0;
+        while i > 0 {
+            sum += self.fenwick[i - 1];
+            i &= i - 1;
+        }
+        sum
+    }
+
+    fn fenwick_add(&mut self, block: usize, delta: usize, grow: bool) {
+        let mut i = block + 1;
+        while i <= self.fenwick.len() {
+            if grow {
+                self.fenwick[i - 1] += delta;
+            } else {
+                self.fenwick[i - 1] -= delta;
+            }
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    fn rebuild_index(&mut self) {
+        self.maxes = self.blocks.iter().map(|b| *b.last().expect("blocks are never empty")).collect();
+        self.fenwick = self.blocks.iter().map(Vec::len).collect();
+        for i in 1..=self.fenwick.len() {
+            let parent = i + (i & i.wrapping_neg());
+            if parent <= self.fenwick.len() {
+                self.fenwick[parent - 1] += self.fenwick[i - 1];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(i32),
+        Remove(i32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![(0..3000i32).prop_map(Op::Insert), (0..3000i32).prop_map(Op::Remove)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn behaves_like_a_sorted_set(ops in proptest::collection::vec(op(), 0..6000), probes in proptest::collection::vec(-5..3005i32, 20)) {
+            let mut set = RankedSet::new();
+            let mut model = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k) => prop_assert_eq!(set.insert(k), model.insert(k)),
+                    Op::Remove(k) => prop_assert_eq!(set.remove(&k), model.remove(&k)),
+                }
+            }
+            prop_assert_eq!(set.len(), model.len());
+            let sorted: Vec<i32> = model.iter().copied().collect();
+            prop_assert_eq!(set.iter().collect::<Vec<_>>(), sorted.clone());
+            for (i, k) in sorted.iter().enumerate().step_by(37) {
+                prop_assert_eq!(set.select(i), Some(*k));
+            }
+            prop_assert_eq!(set.select(sorted.len()), None);
+            for p in probes {
+                prop_assert_eq!(set.rank(&p), model.range(..p).count());
+                let hi = p + 40;
+                let want: Vec<i32> = model.range(p + 1..=hi).copied().collect();
+                prop_assert_eq!(set.range_after(p, hi).collect::<Vec<_>>(), want);
+            }
+            let rebuilt = RankedSet::from_keys(sorted.iter().rev().copied().collect());
+            prop_assert_eq!(rebuilt.iter().collect::<Vec<_>>(), sorted);
+        }
+    }
+
+    #[test]
+    fn empty_set_answers() {
+        let set: RankedSet<u8> = RankedSet::new();
+        assert_eq!(set.rank(&3), 0);
+        assert_eq!(set.select(0), None);
+        assert_eq!(set.range_after(0, 9).count(), 0);
+    }
+}

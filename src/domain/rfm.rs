@@ -1,0 +1,435 @@
+//! Per-customer RFM state and the `customer_rfm_analysis` view (SPEC §3), kept incrementally.
+//!
+//! Applying an event is O(1): it updates the customer's frequency, monetary and purchase
+//! times and marks the customer dirty. A flush brings the rank indexes up to date for the
+//! dirty customers only (O(log N) each), derives the four quintile boundaries of each
+//! dimension by order statistics, and emits the documents that changed: the dirty customers,
+//! the customers whose value lies between an old and a new boundary (found by a range scan of
+//! the rank index, never by scanning everyone), and everyone when the date of `as_of` moved
+//! (every recency changed).
+//!
+//! Quintile boundaries: with the values sorted ascending as `a_0 ≤ … ≤ a_{N-1}` and
+//! `t_s = ceil((s-1)·N/5)`, `score(v) = 1 + #{s in 2..=5 : v > a_{t_s - 1}}`, which equals
+//! `1 + floor(5·L/N)` with `L` = how many values are strictly smaller. Recency ranks the
+//! date of the last purchase ascending (an earlier date is a larger recency), clamped to the
+//! date of `as_of` so that recency is never negative.
+
+use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use super::dedup::epoch_day;
+use super::event::{EventKind, Transaction};
+use super::money::Cents;
+use super::ranked::RankedSet;
+
+/// How scores are given (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// Tie-aware quintiles over all customers: `1 + floor(5·L/N)`.
+    #[default]
+    Quintile,
+    /// Fixed edges (the batch design's `RFM_CONFIG`).
+    Bins,
+}
+
+/// Edges for `scoring = "bins"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinEdges {
+    /// Days: 5 if recency ≤ e0, 4 if ≤ e1, 3 if ≤ e2, 2 if ≤ e3, else 1.
+    pub recency: [i64; 5],
+    /// Purchases: score = number of edges ≤ frequency, at least 1.
+    pub frequency: [i64; 5],
+    /// Currency units: score = number of edges ≤ monetary, at least 1.
+    pub monetary: [f64; 5],
+}
+
+impl Default for BinEdges {
+    fn default() -> Self {
+        BinEdges {
+            recency: [1, 30, 90, 180, 365],
+            frequency: [1, 5, 10, 20, 50],
+            monetary: [0.0, 100.0, 500.0, 1000.0, 5000.0],
+        }
+    }
+}
+
+/// One segment rule: inclusive score ranges for R, F and M.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRule {
+    pub name: String,
+    pub r: [u8; 2],
+    pub f: [u8; 2],
+    pub m: [u8; 2],
+}
+
+impl SegmentRule {
+    fn matches(&self, [r, f, m]: [u8; 3]) -> bool {
+        let within = |[lo, hi]: [u8; 2], x: u8| lo <= x && x <= hi;
+        within(self.r, r) && within(self.f, f) && within(self.m, m)
+    }
+}
+
+/// The RFM settings of `[views.rfm]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RfmConfig {
+    pub scoring: Scoring,
+    pub bins: BinEdges,
+    /// Checked in order; the first match wins.
+    pub segments: Vec<SegmentRule>,
+    /// The segment when no rule matches.
+    pub fallback_segment: String,
+}
+
+impl Default for RfmConfig {
+    fn default() -> Self {
+        let rule = |name: &str, r, f, m| SegmentRule { name: name.into(), r, f, m };
+        RfmConfig {
+            scoring: Scoring::Quintile,
+            bins: BinEdges::default(),
+            segments: vec![
+                rule("Champions", [4, 5], [4, 5], [4, 5]),
+                rule("Cannot Lose Them", [1, 2], [4, 5], [4, 5]),
+                rule("At Risk", [1, 2], [3, 5], [3, 5]),
+                rule("Loyal Customers", [3, 5], [3, 5], [3, 5]),
+                rule("New Customers", [4, 5], [1, 1], [1, 1]),
+                rule("Potential Loyalists", [3, 5], [1, 3], [1, 3]),
+                rule("Lost", [1, 1], [1, 2], [1, 2]),
+                rule("Hibernating", [1, 2], [1, 2], [1, 3]),
+            ],
+            fallback_segment: "Need Attention".into(),
+        }
+    }
+}
+
+impl RfmConfig {
+    /// The segment of a score triple.
+    pub fn segment(&self, scores: [u8; 3]) -> &str {
+        self.segments
+            .iter()
+            .find(|rule| rule.matches(scores))
+            .map_or(self.fallback_segment.as_str(), |rule| rule.name.as_str())
+    }
+
+    /// Scores under `scoring = "bins"`.
+    pub fn bin_scores(&self, recency: i64, frequency: i64, monetary: Cents) -> [u8; 3] {
+        let e = &self.bins;
+        let r = 5 - e.recency[..4].iter().filter(|&&edge| recency > edge).count() as u8;
+        let f = e.frequency.iter().filter(|&&edge| edge <= frequency).count().max(1) as u8;
+        let m = e.monetary.iter().filter(|&&edge| (edge * 100.0).round() as i64 <= monetary).count().max(1) as u8;
+        [r.max(1), f, m]
+    }
+}
+
+/// `1 + floor(5·smaller/n)`: the quintile score of a value with `smaller` values below it.
+pub fn quintile(smaller: usize, n: usize) -> u8 {
+    (1 + 5 * smaller / n) as u8
+}
+
+/// One document of `customer_rfm_analysis` (money in cents; the sink writes units).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RfmDoc {
+    pub customer_id: String,
+    pub first_purchase_at: DateTime<Utc>,
+    pub last_purchase_at: DateTime<Utc>,
+    pub recency: i64,
+    pub frequency: i64,
+    pub monetary_cents: Cents,
+    pub r_score: u8,
+    pub f_score: u8,
+    pub m_score: u8,
+    pub rfm_segment: String,
+    pub analysis_date: DateTime<Utc>,
+}
+
+impl RfmDoc {
+    pub fn rfm_score(&self) -> String {
+        format!("{}{}{}", self.r_score, self.f_score, self.m_score)
+    }
+
+    pub fn avg_order_value(&self) -> Option<f64> {
+        super::money::per(self.monetary_cents, self.frequency)
+    }
+}
+
+/// What the state holds for one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Customer {
+    /// Purchases applied.
+    pub frequency: u32,
+    /// Σ purchase total − Σ refund total, cents.
+    pub monetary: Cents,
+    /// Event times of the first and last purchase (meaningful when frequency ≥ 1).
+    pub first_purchase_at: DateTime<Utc>,
+    pub last_purchase_at: DateTime<Utc>,
+    /// The keys this customer has in the rank indexes (quintile scoring).
+    ranked: Option<RankKeys>,
+    /// Scores in the last emitted document; `[0; 3]` before the first.
+    emitted: [u8; 3],
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RankKeys {
+    frequency: i64,
+    monetary: i64,
+    last_day: i64,
+}
+
+/// Keys of a rank index: (value, customer index), so that equal values stay distinct.
+type RankKey = (i64, u32);
+
+#[derive(Debug, Clone, Default)]
+struct RankIndexes {
+    frequency: RankedSet<RankKey>,
+    monetary: RankedSet<RankKey>,
+    last_day: RankedSet<RankKey>,
+}
+
+/// Quintile boundaries of one dimension: `[b_2, b_3, b_4, b_5]`; a value scores
+/// `1 + #{b : value > b}`.
+type Bounds = [i64; 4];
+
+/// What the previous flush left: the date of its `as_of` and its boundaries (F, M, R).
+#[derive(Debug, Clone, Copy)]
+struct FlushMark {
+    as_of_day: i64,
+    bounds: Option<[Bounds; 3]>,
+}
+
+/// Incremental RFM state over all customers.
+#[derive(Debug, Clone)]
+pub struct RfmState {
+    config: RfmConfig,
+    customers: IndexMap<Box<str>, Customer>,
+    dirty: Vec<u32>,
+    ranks: Option<RankIndexes>,
+    last_flush: Option<FlushMark>,
+}
+
+impl RfmState {
+    pub fn new(config: RfmConfig) -> Self {
+        let ranks = (config.scoring == Scoring::Quintile).then(RankIndexes::default);
+        RfmState { config, customers: IndexMap::new(), dirty: Vec::new(), ranks, last_flush: None }
+    }
+
+    pub fn config(&self) -> &RfmConfig {
+        &self.config
+    }
+
+    /// Customers with any event (including refund-only ones).
+    pub fn customer_count(&self) -> usize {
+        self.customers.len()
+    }
+
+    pub fn customer(&self, id: &str) -> Option<&Customer> {
+        self.customers.get(id)
+    }
+
+    /// Applies one valid, first-seen event: O(1).
+    pub fn apply(&mut self, tx: &Transaction) {
+        let entry = self.customers.entry(tx.user_id.as_str().into());
+        let idx = entry.index() as u32;
+        let c = entry.or_insert_with(|| Customer {
+            frequency: 0,
+            monetary: 0,
+            first_purchase_at: tx.timestamp,
+            last_purchase_at: tx.timestamp,
+            ranked: None,
+            emitted: [0; 3],
+            dirty: false,
+        });
+        match tx.kind {
+            EventKind::Purchase => {
+                if c.frequency == 0 {
+                    c.first_purchase_at = tx.timestamp;
+                    c.last_purchase_at = tx.timestamp;
+                } else {
+                    c.first_purchase_at = c.first_purchase_at.min(tx.timestamp);
+                    c.last_purchase_at = c.last_purchase_at.max(tx.timestamp);
+                }
+                c.frequency += 1;
+                c.monetary += tx.total_cents;
+            }
+            EventKind::Refund => c.monetary -= tx.total_cents,
+        }
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    /// The documents that changed since the last flush, as of `as_of`; with `full`, every
+    /// document. Afterwards nothing is dirty.
+    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<RfmDoc> {
+        let as_of_day = i64::from(epoch_day(as_of.date_naive()));
+        let dirty = std::mem::take(&mut self.dirty);
+        self.sync_ranks(&dirty);
+        let bounds = self.ranks.as_ref().map(|r| r.bounds(as_of_day));
+
+        let everyone = full || self.last_flush.is_none_or(|m| m.as_of_day != as_of_day);
+        let candidates: Vec<u32> = if everyone {
+            (0..self.customers.len() as u32).collect()
+        } else {
+            let mut c = dirty;
+            if let (Some(ranks), Some(old), Some(new)) =
+                (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds)
+            {
+                ranks.movers(&old, &new, as_of_day, &mut c);
+                c.sort_unstable();
+                c.dedup();
+            }
+            c
+        };
+
+        let n = self.ranks.as_ref().map_or(0, |r| r.frequency.len());
+        let mut docs = Vec::with_capacity(candidates.len());
+        for idx in candidates {
+            let (id, c) = self.customers.get_index_mut(idx as usize).expect("customer index");
+            let was_dirty = std::mem::replace(&mut c.dirty, false);
+            if c.frequency == 0 {
+                continue;
+            }
+            let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
+            let recency = (as_of_day - last_day).max(0);
+            let scores = match &bounds {
+                Some([f, m, r]) if n > 0 => [
+                    score(last_day.min(as_of_day), r),
+                    score(i64::from(c.frequency), f),
+                    score(c.monetary, m),
+                ],
+                _ => self.config.bin_scores(recency, i64::from(c.frequency), c.monetary),
+            };
+            if !(everyone || was_dirty || scores != c.emitted) {
+                continue;
+            }
+            c.emitted = scores;
+            docs.push(RfmDoc {
+                customer_id: id.to_string(),
+                first_purchase_at: c.first_purchase_at,
+                last_purchase_at: c.last_purchase_at,
+                recency,
+                frequency: i64::from(c.frequency),
+                monetary_cents: c.monetary,
+                r_score: scores[0],
+                f_score: scores[1],
+                m_score: scores[2],
+                rfm_segment: self.config.segment(scores).to_owned(),
+                analysis_date: as_of,
+            });
+        }
+        self.last_flush = Some(FlushMark { as_of_day, bounds });
+        docs
+    }
+
+    /// Moves the dirty customers' keys in the rank indexes to their current values.
+    fn sync_ranks(&mut self, dirty: &[u32]) {
+        let Some(ranks) = self.ranks.as_mut() else { return };
+        for &idx in dirty {
+            let c = &mut self.customers[idx as usize];
+            if c.frequency == 0 {
+                continue;
+            }
+            let now = RankKeys {
+                frequency: i64::from(c.frequency),
+                monetary: c.monetary,
+                last_day: i64::from(epoch_day(c.last_purchase_at.date_naive())),
+            };
+            if c.ranked == Some(now) {
+                continue;
+            }
+            if let Some(old) = c.ranked {
+                ranks.frequency.remove(&(old.frequency, idx));
+                ranks.monetary.remove(&(old.monetary, idx));
+                ranks.last_day.remove(&(old.last_day, idx));
+            }
+            ranks.frequency.insert((now.frequency, idx));
+            ranks.monetary.insert((now.monetary, idx));
+            ranks.last_day.insert((now.last_day, idx));
+            c.ranked = Some(now);
+        }
+    }
+}
+
+fn score(value: i64, bounds: &Bounds) -> u8 {
+    1 + bounds.iter().filter(|&&b| value > b).count() as u8
+}
+
+impl RankIndexes {
+    /// Boundaries of F, M and R (R clamped to the date of `as_of`).
+    fn bounds(&self, as_of_day: i64) -> [Bounds; 3] {
+        let of = |set: &RankedSet<RankKey>| -> Bounds {
+            let n = set.len();
+            let mut b = [i64::MAX; 4];
+            for (i, s) in (2..=5).enumerate() {
+                let t = ((s - 1) * n).div_ceil(5);
+                if t > 0 {
+                    b[i] = set.select(t - 1).map_or(i64::MAX, |k| k.0);
+                }
+            }
+            b
+        };
+        let r = of(&self.last_day).map(|b| b.min(as_of_day));
+        [of(&self.frequency), of(&self.monetary), r]
+    }
+
+    /// Adds the customers whose score changed because a boundary moved (same `as_of` date).
+    fn movers(&self, old: &[Bounds; 3], new: &[Bounds; 3], as_of_day: i64, out: &mut Vec<u32>) {
+        let dims = [(&self.frequency, false), (&self.monetary, false), (&self.last_day, true)];
+        for ((set, clamped), (old_b, new_b)) in dims.into_iter().zip(old.iter().zip(new)) {
+            for (&o, &n) in old_b.iter().zip(new_b) {
+                if o == n {
+                    continue;
+                }
+                let low = o.min(n);
+                // A clamped boundary at the as_of date stands for every later date too.
+                let high = if clamped && o.max(n) >= as_of_day { i64::MAX } else { o.max(n) };
+                out.extend(set.range_after((low, u32::MAX), (high, u32::MAX)).map(|k| k.1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quintile_formula_matches_the_spec_sql() {
+        // 1 + floor(5 * (rank - 1) / count)
+        assert_eq!(quintile(0, 10), 1);
+        assert_eq!(quintile(1, 10), 1);
+        assert_eq!(quintile(2, 10), 2);
+        assert_eq!(quintile(9, 10), 5);
+        assert_eq!(quintile(0, 1), 1);
+    }
+
+    #[test]
+    fn bins_follow_the_batch_edges() {
+        let c = RfmConfig::default();
+        assert_eq!(c.bin_scores(0, 1, 0), [5, 1, 1]);
+        assert_eq!(c.bin_scores(1, 5, 10000), [5, 2, 2]);
+        assert_eq!(c.bin_scores(2, 50, 500000), [4, 5, 5]);
+        assert_eq!(c.bin_scores(181, 4, -100), [1, 1, 1]);
+        assert_eq!(c.bin_scores(400, 4, 99), [1, 1, 1]);
+        assert_eq!(c.bin_scores(90, 10, 99999), [3, 3, 3]);
+    }
+
+    #[test]
+    fn segment_order_makes_every_segment_reachable() {
+        let c = RfmConfig::default();
+        assert_eq!(c.segment([5, 5, 5]), "Champions");
+        assert_eq!(c.segment([2, 4, 5]), "Cannot Lose Them");
+        assert_eq!(c.segment([1, 3, 3]), "At Risk");
+        assert_eq!(c.segment([3, 4, 3]), "Loyal Customers");
+        assert_eq!(c.segment([5, 1, 1]), "New Customers");
+        assert_eq!(c.segment([3, 1, 2]), "Potential Loyalists");
+        assert_eq!(c.segment([1, 1, 2]), "Lost");
+        assert_eq!(c.segment([2, 2, 3]), "Hibernating");
+        assert_eq!(c.segment([3, 5, 1]), "Need Attention");
+    }
+}
