@@ -1,2 +1,29 @@
 //! martstream: GlobalMart's sales stream turned into an always-current analytics warehouse.
+//!
+//! # Layout
+//!
+//! - [`domain`]: the pure core. The event model, decoding and validation, dedup, and the
+//!   incremental aggregates (RFM today), with no async, no clocks and no I/O: given events
+//!   and an `as_of`, they produce view documents and the changes since the last flush.
+//!   `domain::batch` recomputes the same views from scratch (the tests' oracle).
+//! - [`config`]: the one typed configuration (defaults → TOML → env → CLI), validated.
+//! - [`kafka`]: adapters to the broker: the input [`kafka::source`] (manual assignment,
+//!   own offsets), the dead-letter producer [`kafka::dlq`], and [`kafka::topics`] creation.
+//! - [`sink`]: the MongoDB sink: view documents as BSON, idempotent batched upserts, the
+//!   batch design's indexes.
+//! - [`pipeline`]: the loop that wires source → engine → sink, with flush cadence,
+//!   backpressure, retries and the last flush on shutdown.
+//! - [`health`], [`http`], [`telemetry`]: readiness flags, the /metrics /healthz /readyz
+//!   endpoints, the Prometheus metrics (all defined in one place) and logging.
+//! - [`cli`]: the `martstream` command (`run`, `replay`, `topics create`, `check-config`);
+//!   `main.rs` only parses arguments and calls it.
+
+pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod health;
+pub mod http;
+pub mod kafka;
+pub mod pipeline;
+pub mod sink;
+pub mod telemetry;

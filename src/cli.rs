@@ -1,0 +1,244 @@
+//! The command line: `run`, `replay`, `topics create`, `check-config`. Parses arguments,
+//! loads the configuration and starts the adapters; every failure at start is one line on
+//! stderr and a non-zero exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{redact_uri, Clock, Config};
+use crate::domain::Engine;
+use crate::health::Health;
+use crate::kafka::dlq::DeadLetters;
+use crate::kafka::source::{Source, StartAt};
+use crate::kafka::topics::{self, Created};
+use crate::pipeline::{AsOf, Backoff, Pipeline, Summary, Until, Worker};
+use crate::sink::mongo::MongoSink;
+use crate::telemetry::{self, Metrics};
+
+#[derive(Debug, Parser)]
+#[command(name = "martstream", version, about = "GlobalMart's sales stream as an always-current analytics warehouse")]
+pub struct Cli {
+    /// TOML configuration file (every key: config/martstream.example.toml).
+    #[arg(long, short, global = true, env = "MARTSTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override kafka.brokers.
+    #[arg(long, global = true)]
+    pub brokers: Option<String>,
+    /// Override kafka.topic.
+    #[arg(long, global = true)]
+    pub topic: Option<String>,
+    /// Override mongo.uri.
+    #[arg(long, global = true)]
+    pub mongo_uri: Option<String>,
+    /// Override mongo.database.
+    #[arg(long, global = true)]
+    pub database: Option<String>,
+    /// Override log.level.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// Override any key: --set views.rfm.scoring=bins (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Always-on: consume the topic, keep the state, flush changed views to MongoDB.
+    Run(ClockArgs),
+    /// Read from an offset or a time to the current end of the topic, write the views, exit.
+    Replay(ReplayArgs),
+    /// Topic administration.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Validate the configuration and print it (secrets masked).
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create the input and dead-letter topics (topics/topics.toml) if they do not exist.
+    Create,
+}
+
+#[derive(Debug, Args)]
+pub struct ClockArgs {
+    /// wall (now, UTC) or event (largest applied event time). Default: service.clock for
+    /// `run`, event for `replay`.
+    #[arg(long, value_enum)]
+    pub clock: Option<Clock>,
+    /// A fixed as_of instant (RFC 3339); overrides the clock.
+    #[arg(long, value_name = "RFC3339")]
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Start at this offset on every partition, or PARTITION:OFFSET,... (default: beginning).
+    #[arg(long, value_name = "OFFSET", conflicts_with = "from_timestamp")]
+    pub from_offset: Option<StartAt>,
+    /// Start at the first message at or after this instant (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub from_timestamp: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub clock: ClockArgs,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+impl Cli {
+    fn load_config(&self) -> Result<Config> {
+        let mut overrides = Vec::new();
+        let mut flag = |key: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                overrides.push((key.to_owned(), format!("{v:?}")));
+            }
+        };
+        flag("kafka.brokers", &self.brokers);
+        flag("kafka.topic", &self.topic);
+        flag("mongo.uri", &self.mongo_uri);
+        flag("mongo.database", &self.database);
+        flag("log.level", &self.log_level);
+        overrides.extend(self.set.iter().cloned());
+        Ok(Config::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = cli.load_config()?;
+    telemetry::init_logging(&config.log);
+    match &cli.command {
+        Command::CheckConfig => {
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::Topics { command: TopicsCommand::Create } => {
+            for created in topics::create_all(&config.kafka).await? {
+                match created {
+                    Created::Created(name) => println!("created {name}"),
+                    Created::Existed(name) => println!("exists  {name}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Run(clock) => {
+            let as_of = as_of_policy(clock, config.service.clock);
+            let summary = consume(&config, StartAt::Beginning, false, as_of, true).await?;
+            info!(consumed = summary.consumed, "stopped");
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let start = match (&args.from_offset, args.from_timestamp) {
+                (Some(o), _) => o.clone(),
+                (None, Some(t)) => StartAt::Timestamp(t),
+                (None, None) => StartAt::Beginning,
+            };
+            let as_of = as_of_policy(&args.clock, Clock::Event);
+            let s = consume(&config, start, true, as_of, false).await?;
+            println!(
+                "replayed {} messages: {} applied, {} duplicates, {} dead-lettered; wrote {} documents; as_of {}",
+                s.consumed,
+                s.applied,
+                s.duplicates,
+                s.dead_lettered,
+                s.documents_written,
+                s.as_of.map_or("-".into(), |t| t.to_rfc3339())
+            );
+            Ok(())
+        }
+    }
+}
+
+fn as_of_policy(args: &ClockArgs, default: Clock) -> AsOf {
+    match (args.as_of, args.clock.unwrap_or(default)) {
+        (Some(t), _) => AsOf::Fixed(t),
+        (None, Clock::Wall) => AsOf::Wall,
+        (None, Clock::Event) => AsOf::Event,
+    }
+}
+
+/// Starts every adapter, then consumes: to the end of the topic (`replay`) or until a signal.
+async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, serve_http: bool) -> Result<Summary> {
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let shutdown = CancellationToken::new();
+    install_signal_handlers(shutdown.clone());
+
+    if serve_http && !config.service.http_listen.is_empty() {
+        let (addr, _) = crate::http::serve(&config.service.http_listen, metrics.clone(), health.clone(), shutdown.child_token()).await?;
+        info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
+    let source = Source::connect(&config.kafka)?;
+    let sink = MongoSink::connect(&config.mongo).await?;
+    sink.prepare().await?;
+    health.set_mongo_ok(true);
+    let dlq = DeadLetters::new(&config.kafka)?;
+
+    let end = source.watermarks()?.into_iter().map(|(p, (_, high))| (p, high)).collect();
+    let positions = source.assign(&start).context("assigning partitions")?;
+    health.set_partitions(positions.len());
+    metrics.partitions_assigned.set(positions.len() as i64);
+    health.set_state_ready(true);
+    info!(
+        topic = %source.topic,
+        partitions = positions.len(),
+        mongo = %redact_uri(&config.mongo.uri),
+        database = %config.mongo.database,
+        ?as_of,
+        "consuming"
+    );
+
+    let worker = Worker::new(
+        Engine::new(config.views.clone()),
+        dlq,
+        metrics,
+        health,
+        as_of,
+        Duration::from_millis(config.service.flush_interval_ms),
+        Backoff {
+            initial: Duration::from_millis(config.service.retry_initial_ms),
+            max: Duration::from_millis(config.service.retry_max_ms),
+        },
+        positions,
+    );
+    let until = if to_end { Until::Offsets(end) } else { Until::Forever };
+    Ok(Pipeline { source, worker }.run(sink, until, to_end, shutdown).await)
+}
+
+/// First SIGTERM/SIGINT: graceful (flush, then exit). Second: exit at once.
+fn install_signal_handlers(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        async fn next(term: &mut tokio::signal::unix::Signal) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        next(&mut term).await;
+        info!("shutting down: flushing views (signal again to exit at once)");
+        shutdown.cancel();
+        next(&mut term).await;
+        eprintln!("martstream: second signal, exiting at once");
+        std::process::exit(130);
+    });
+}

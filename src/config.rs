@@ -1,0 +1,350 @@
+//! The one typed configuration, layered: built-in defaults → TOML file → `MARTSTREAM_*`
+//! environment → command-line overrides. Every key and its default is documented in
+//! `config/martstream.example.toml`; an unknown key anywhere is an error that names it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ViewConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Figment(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub mongo: MongoConfig,
+    pub postgres: PostgresConfig,
+    pub service: ServiceConfig,
+    pub views: ViewConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The input topic.
+    pub topic: String,
+    /// Where malformed and conflicting events go.
+    pub dlq_topic: String,
+    /// Consumer group, used to report committed offsets for monitoring only: martstream
+    /// assigns itself every partition and keeps its own offsets.
+    pub group_id: String,
+    /// Partitions and replication factor used by `martstream topics create`.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// How long start-up waits for the broker before giving up.
+    pub connect_timeout_ms: u64,
+    /// Any librdkafka property, passed through to every client (SASL, TLS, tuning ...).
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:19092".into(),
+            topic: "transactions".into(),
+            dlq_topic: "transactions.dlq".into(),
+            group_id: "martstream".into(),
+            partitions: 8,
+            replication_factor: 1,
+            connect_timeout_ms: 10_000,
+            librdkafka_options: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoConfig {
+    pub uri: String,
+    pub database: String,
+    /// Upsert statements per `update` command.
+    pub write_batch_size: usize,
+    /// How long start-up waits for the server before giving up.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        MongoConfig {
+            uri: "mongodb://127.0.0.1:27017/?replicaSet=rs0".into(),
+            database: "globalmart_dw".into(),
+            write_batch_size: 1000,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    pub url: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: "postgres://globalmart:globalmart123@127.0.0.1:55432/globalmart".into() }
+    }
+}
+
+/// Which instant the views describe (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// Now, UTC.
+    Wall,
+    /// The largest event time applied so far.
+    Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// `as_of` for `martstream run` (`replay` defaults to `event`).
+    pub clock: Clock,
+    /// How often changed documents are written to MongoDB.
+    pub flush_interval_ms: u64,
+    /// Address of /metrics, /healthz and /readyz; empty to serve none.
+    pub http_listen: String,
+    /// First and longest wait between retries of a failed MongoDB write or DLQ send.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            clock: Clock::Wall,
+            flush_interval_ms: 1000,
+            http_listen: "127.0.0.1:9464".into(),
+            retry_initial_ms: 200,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `martstream=debug,rdkafka=warn`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Config {
+    /// Loads the layers. `file`: an explicit TOML file (must exist). `overrides`: dotted
+    /// `key=value` pairs from the command line, values parsed as TOML (strings may be bare).
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // MARTSTREAM_<SECTION>__<KEY>; variables without `__` (such as the stack script's
+        // MARTSTREAM_STACK_DIR) are not configuration and are left alone.
+        figment = figment.merge(Env::prefixed("MARTSTREAM_").filter(|k| k.as_str().contains("__")).split("__"));
+        for (key, value) in overrides {
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            figment = figment.merge(Serialized::global(key, parsed));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Figment(one_line(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers is empty".into());
+        }
+        for (key, name) in [("kafka.topic", &self.kafka.topic), ("kafka.dlq_topic", &self.kafka.dlq_topic)] {
+            if name.is_empty() || name.len() > 249 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return bad(format!("{key} {name:?} is not a valid topic name"));
+            }
+        }
+        if self.kafka.topic == self.kafka.dlq_topic {
+            return bad("kafka.dlq_topic must differ from kafka.topic".into());
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+            return bad("kafka.partitions and kafka.replication_factor must be at least 1".into());
+        }
+        if self.mongo.database.is_empty() || self.mongo.database.contains(['/', '\\', '.', ' ', '"', '$']) {
+            return bad(format!("mongo.database {:?} is not a valid database name", self.mongo.database));
+        }
+        if !(1..=100_000).contains(&self.mongo.write_batch_size) {
+            return bad("mongo.write_batch_size must be between 1 and 100000".into());
+        }
+        if self.service.flush_interval_ms == 0 || self.service.retry_initial_ms == 0 {
+            return bad("service.flush_interval_ms and service.retry_initial_ms must be positive".into());
+        }
+        if self.service.retry_max_ms < self.service.retry_initial_ms {
+            return bad("service.retry_max_ms must be at least service.retry_initial_ms".into());
+        }
+        let rfm = &self.views.rfm;
+        for rule in &rfm.segments {
+            for (axis, [lo, hi]) in [("r", rule.r), ("f", rule.f), ("m", rule.m)] {
+                if !(1 <= lo && lo <= hi && hi <= 5) {
+                    return bad(format!("views.rfm.segments {:?}: {axis} = [{lo}, {hi}] is not a range within 1..5", rule.name));
+                }
+            }
+        }
+        let ascending = |v: &[f64]| v.windows(2).all(|w| w[0] <= w[1]);
+        let as_f64 = |v: &[i64; 5]| v.map(|x| x as f64);
+        if !ascending(&as_f64(&rfm.bins.recency)) || !ascending(&as_f64(&rfm.bins.frequency)) || !ascending(&rfm.bins.monetary) {
+            return bad("views.rfm.bins edges must be ascending".into());
+        }
+        if self.views.dedup_horizon_days == 0 {
+            return bad("views.dedup_horizon_days must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets masked (for `check-config` and logs).
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.mongo.uri = redact_uri(&shown.mongo.uri);
+        shown.postgres.url = redact_uri(&shown.postgres.url);
+        for (key, value) in shown.kafka.librdkafka_options.iter_mut() {
+            if is_secret_key(key) {
+                *value = "****".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// Whether a librdkafka property holds a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".key.pem") || k.contains("jaas")
+}
+
+/// `scheme://user:pass@host/...` → `scheme://user:****@host/...`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:****@{host}{tail}")
+        }
+        None => uri.to_owned(),
+    }
+}
+
+/// figment's message on one line: `<key>: <problem> (<where it came from>)`.
+fn one_line(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.iter().filter(|p| p.as_str() != "global" && p.as_str() != "default").cloned().collect::<Vec<_>>().join(".");
+            let origin = match e.metadata.as_ref() {
+                Some(m) => match &m.source {
+                    Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+                    _ if m.name.contains("environment") => " (from a MARTSTREAM_* environment variable)".to_owned(),
+                    _ if m.name.contains("Serialized") || m.name.contains("Value") => " (from the command line)".to_owned(),
+                    _ => String::new(),
+                },
+                None => String::new(),
+            };
+            let kind = e.kind.to_string().replace('`', "");
+            if key.is_empty() { format!("{kind}{origin}") } else { format!("{key}: {kind}{origin}") }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/martstream.example.toml");
+        let from_file: Config = Figment::new().merge(Toml::file(&path)).extract().unwrap();
+        assert_eq!(from_file, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let f = toml_file("[kafka]\nbrokrs = \"x:1\"\n");
+        let err = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(err.contains("brokrs"), "{err}");
+        assert!(!err.contains('\n'));
+        let f = toml_file("[kafak]\n");
+        assert!(Config::load(Some(f.path()), &[]).unwrap_err().to_string().contains("kafak"));
+    }
+
+    #[test]
+    fn file_then_overrides_win_in_order() {
+        let f = toml_file("[kafka]\ntopic = \"from-file\"\n[kafka.librdkafka_options]\n\"security.protocol\" = \"SASL_SSL\"\n");
+        let c = Config::load(Some(f.path()), &[("mongo.database".into(), "shadow".into()), ("service.flush_interval_ms".into(), "250".into())]).unwrap();
+        assert_eq!(c.kafka.topic, "from-file");
+        assert_eq!(c.kafka.librdkafka_options["security.protocol"], "SASL_SSL");
+        assert_eq!(c.mongo.database, "shadow");
+        assert_eq!(c.service.flush_interval_ms, 250);
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        let f = toml_file("[[views.rfm.segments]]\nname = \"X\"\nr = [0, 5]\nf = [1, 5]\nm = [1, 5]\n");
+        let err = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(err.contains("\"X\""), "{err}");
+        assert!(Config::load(Some(Path::new("/nonexistent.toml")), &[]).is_err());
+        let err = Config::load(None, &[("kafka.dlq_topic".into(), "transactions".into())]).unwrap_err();
+        assert!(err.to_string().contains("dlq_topic"));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(redact_uri("mongodb://gm:s3cret@h:27017/?x=1"), "mongodb://gm:****@h:27017/?x=1");
+        assert_eq!(redact_uri("mongodb://h:27017/"), "mongodb://h:27017/");
+        let mut c = Config::default();
+        c.postgres.url = "postgres://u:pw@h/db".into();
+        c.kafka.librdkafka_options.insert("sasl.password".into(), "pw".into());
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("pw\"") && !shown.contains(":pw@"), "{shown}");
+    }
+}

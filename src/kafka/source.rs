@@ -1,0 +1,158 @@
+//! The input source: a consumer that assigns itself every partition of the topic and seeks
+//! to offsets martstream chose (the beginning, an offset, a time), with
+//! `enable.auto.commit=false`. Positions are martstream's own; commits to the group are for
+//! monitoring only. Manual assignment also avoids group rebalances entirely: a killed
+//! instance never holds partitions hostage.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{client_config, KafkaError};
+use crate::config::KafkaConfig;
+
+/// Where consumption starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    /// The same offset on every partition (clamped to what the partition holds).
+    Offset(i64),
+    /// Per-partition offsets; partitions not listed start at the beginning.
+    Offsets(BTreeMap<i32, i64>),
+    /// The first message with a timestamp at or after this instant.
+    Timestamp(DateTime<Utc>),
+}
+
+impl std::str::FromStr for StartAt {
+    type Err = String;
+    /// `N` (every partition) or `P:N,P:N,...`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(n) = s.parse::<i64>() {
+            return if n >= 0 { Ok(StartAt::Offset(n)) } else { Err(format!("offset {n} is negative")) };
+        }
+        s.split(',')
+            .map(|pair| {
+                let (p, o) = pair.split_once(':').ok_or_else(|| format!("{pair:?} is not PARTITION:OFFSET"))?;
+                let p = p.trim().parse::<i32>().map_err(|_| format!("partition {p:?} is not a number"))?;
+                let o = o.trim().parse::<i64>().map_err(|_| format!("offset {o:?} is not a number"))?;
+                Ok((p, o))
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()
+            .map(StartAt::Offsets)
+    }
+}
+
+pub struct Source {
+    pub consumer: StreamConsumer,
+    pub topic: String,
+    pub partitions: Vec<i32>,
+    timeout: Duration,
+}
+
+impl Source {
+    /// Connects and reads the topic's partitions; an unreachable broker or a missing topic is
+    /// an error here, at start.
+    pub fn connect(kafka: &KafkaConfig) -> Result<Source, KafkaError> {
+        let mut config = client_config(kafka);
+        config
+            .set("group.id", &kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        let consumer: StreamConsumer = config.create()?;
+        let timeout = Duration::from_millis(kafka.connect_timeout_ms);
+        let metadata = consumer
+            .fetch_metadata(Some(&kafka.topic), timeout)
+            .map_err(|e| KafkaError::Unreachable { brokers: kafka.brokers.clone(), timeout, reason: super::short_reason(&e) })?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == kafka.topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(KafkaError::NoSuchTopic(kafka.topic.clone()));
+        }
+        Ok(Source { consumer, topic: kafka.topic.clone(), partitions, timeout })
+    }
+
+    /// `(low, high)` watermarks of every partition: the first offset held and the offset the
+    /// next message will get.
+    pub fn watermarks(&self) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+        self.partitions
+            .iter()
+            .map(|&p| Ok((p, self.consumer.fetch_watermarks(&self.topic, p, self.timeout)?)))
+            .collect()
+    }
+
+    /// Resolves `start` to a concrete offset per partition and assigns them all.
+    pub fn assign(&self, start: &StartAt) -> Result<BTreeMap<i32, i64>, KafkaError> {
+        let marks = self.watermarks()?;
+        let mut offsets: BTreeMap<i32, i64> = match start {
+            StartAt::Beginning => marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
+            StartAt::Offset(n) => marks.iter().map(|(&p, &(low, high))| (p, (*n).clamp(low, high))).collect(),
+            StartAt::Offsets(map) => marks
+                .iter()
+                .map(|(&p, &(low, high))| (p, map.get(&p).map_or(low, |&o| o.clamp(low, high))))
+                .collect(),
+            StartAt::Timestamp(t) => {
+                let mut tpl = TopicPartitionList::new();
+                for &p in &self.partitions {
+                    tpl.add_partition_offset(&self.topic, p, Offset::Offset(t.timestamp_millis()))?;
+                }
+                let found = self.consumer.offsets_for_times(tpl, self.timeout)?;
+                found
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        let (low, high) = marks[&e.partition()];
+                        let at = match e.offset() {
+                            Offset::Offset(o) => o.clamp(low, high),
+                            _ => high,
+                        };
+                        (e.partition(), at)
+                    })
+                    .collect()
+            }
+        };
+        for &p in &self.partitions {
+            offsets.entry(p).or_insert(marks[&p].0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in &offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+        }
+        self.consumer.assign(&tpl)?;
+        Ok(offsets)
+    }
+
+    /// Reports positions to the consumer group, for lag monitoring only (best effort).
+    pub fn commit_for_monitoring(&self, positions: &BTreeMap<i32, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in positions {
+            if tpl.add_partition_offset(&self.topic, p, Offset::Offset(o)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "monitoring commit failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_offsets() {
+        assert_eq!("42".parse::<StartAt>(), Ok(StartAt::Offset(42)));
+        assert_eq!("0:10, 3:7".parse::<StartAt>(), Ok(StartAt::Offsets(BTreeMap::from([(0, 10), (3, 7)]))));
+        assert!("-1".parse::<StartAt>().is_err());
+        assert!("x".parse::<StartAt>().is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! The always-on loop that wires the adapters around the engine:
+//! Kafka message → decode → engine (or dead-letter) → every flush interval, the changed
+//! documents → the sink task → MongoDB.
+//!
+//! The sink runs in its own task with at most one flush queued. While it is busy or MongoDB
+//! is down (it retries with backoff), consumption goes on and changes coalesce inside the
+//! engine's dirty sets, so memory is bounded by the state, not by the outage's length.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::message::{BorrowedMessage, Message};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::domain::{decode, Engine, EventKind, Outcome, RejectReason, Rejection, ViewChanges};
+use crate::health::Health;
+use crate::kafka::dlq::{DeadLetters, SourcePosition};
+use crate::kafka::source::Source;
+use crate::sink::mongo::MongoSink;
+use crate::telemetry::Metrics;
+
+/// The instant the views describe (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Wall,
+    Event,
+    Fixed(DateTime<Utc>),
+}
+
+impl AsOf {
+    /// `None` under the event clock before any event was applied.
+    pub fn at(&self, engine: &Engine) -> Option<DateTime<Utc>> {
+        match self {
+            AsOf::Wall => Some(Utc::now()),
+            AsOf::Event => engine.watermark(),
+            AsOf::Fixed(t) => Some(*t),
+        }
+    }
+}
+
+/// Doubling delays between retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// When consumption stops (besides shutdown).
+#[derive(Debug, Clone)]
+pub enum Until {
+    /// Follow the topic forever.
+    Forever,
+    /// Stop once every partition's position reached this offset (replay to the end).
+    Offsets(BTreeMap<i32, i64>),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub consumed: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub documents_written: u64,
+    pub as_of: Option<DateTime<Utc>>,
+    pub positions: BTreeMap<i32, i64>,
+}
+
+/// One flush on its way to the sink.
+struct Batch {
+    changes: ViewChanges,
+}
+
+pub struct Pipeline {
+    pub source: Source,
+    pub worker: Worker,
+}
+
+/// Everything the loop mutates, apart from the consumer that lends out messages.
+pub struct Worker {
+    pub engine: Engine,
+    pub dlq: DeadLetters,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub as_of: AsOf,
+    pub flush_every: Duration,
+    pub backoff: Backoff,
+    /// Next offset to read, per partition.
+    pub positions: BTreeMap<i32, i64>,
+    summary: Summary,
+}
+
+impl Worker {
+    pub fn new(
+        engine: Engine,
+        dlq: DeadLetters,
+        metrics: Metrics,
+        health: Arc<Health>,
+        as_of: AsOf,
+        flush_every: Duration,
+        backoff: Backoff,
+        positions: BTreeMap<i32, i64>,
+    ) -> Self {
+        Worker { engine, dlq, metrics, health, as_of, flush_every, backoff, positions, summary: Summary::default() }
+    }
+
+    async fn handle(&mut self, m: &BorrowedMessage<'_>) {
+        self.metrics.events_consumed.inc();
+        self.summary.consumed += 1;
+        let message_ts = m.timestamp().to_millis();
+        let rejection = match decode(m.payload().unwrap_or_default(), message_ts.and_then(DateTime::from_timestamp_millis)) {
+            Err(rejection) => Some(rejection),
+            Ok(event) => match self.engine.apply(&event) {
+                Outcome::Applied { orphan_refund } => {
+                    self.summary.applied += 1;
+                    self.metrics.events_applied.with_label_values(&[event.tx.kind.as_str()]).inc();
+                    if orphan_refund {
+                        debug_assert_eq!(event.tx.kind, EventKind::Refund);
+                        self.metrics.refunds_unmatched.inc();
+                    }
+                    None
+                }
+                Outcome::Duplicate => {
+                    self.summary.duplicates += 1;
+                    self.metrics.events_duplicate.inc();
+                    None
+                }
+                Outcome::Conflicting => Some(Rejection::new(
+                    RejectReason::ConflictingDuplicate,
+                    format_args!("transaction_id {:?} was already applied with different content", event.tx.transaction_id),
+                )),
+            },
+        };
+        if let Some(rejection) = rejection {
+            let from = SourcePosition { topic: m.topic(), partition: m.partition(), offset: m.offset(), timestamp_ms: message_ts };
+            self.dead_letter(m.key(), m.payload(), &rejection, &from).await;
+        }
+        self.positions.insert(m.partition(), m.offset() + 1);
+    }
+
+    /// Sends to the DLQ, retrying with backoff until the broker takes it: the partition
+    /// waits rather than losing the message.
+    async fn dead_letter(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, rejection: &Rejection, from: &SourcePosition<'_>) {
+        let mut delay = self.backoff.initial;
+        loop {
+            match self.dlq.send(key, payload, rejection, from).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.backoff.max);
+                }
+            }
+        }
+        self.summary.dead_lettered += 1;
+        self.metrics.events_dlq.with_label_values(&[rejection.reason.as_str()]).inc();
+        info!(
+            reason = rejection.reason.as_str(),
+            detail = %rejection.detail,
+            partition = from.partition,
+            offset = from.offset,
+            "event dead-lettered"
+        );
+    }
+
+    /// Hands the changed documents to the sink if it is free; otherwise they keep coalescing.
+    fn try_flush(&mut self, sink: &mpsc::Sender<Batch>) {
+        let Some(as_of) = self.as_of.at(&self.engine) else { return };
+        if let Ok(permit) = sink.try_reserve() {
+            let changes = self.engine.flush(as_of, false);
+            self.summary.as_of = Some(as_of);
+            if !changes.is_empty() {
+                permit.send(Batch { changes });
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.customers.set(self.engine.rfm().customer_count() as i64);
+        self.metrics.dedup_entries.set(self.engine.dedup_len() as i64);
+        if let Some(w) = self.engine.watermark() {
+            self.metrics.event_time_watermark.set(w.timestamp());
+        }
+    }
+
+    fn caught_up(&self, until: &Until) -> bool {
+        match until {
+            Until::Forever => false,
+            Until::Offsets(end) => end.iter().all(|(p, &e)| self.positions.get(p).copied().unwrap_or(0) >= e),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Consumes until `until` or `shutdown`, then writes a last flush (every document when
+    /// `final_full`) and waits until MongoDB has it.
+    pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
+        let Pipeline { source, mut worker } = self;
+        let (tx, rx) = mpsc::channel::<Batch>(1);
+        let sink_task = tokio::spawn(sink_loop(sink, rx, worker.metrics.clone(), worker.health.clone(), worker.backoff));
+        let mut tick = tokio::time::interval(worker.flush_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_progress = Instant::now();
+
+        while !worker.caught_up(&until) {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    worker.try_flush(&tx);
+                    worker.update_gauges();
+                    source.commit_for_monitoring(&worker.positions);
+                    if last_progress.elapsed() >= Duration::from_secs(5) {
+                        last_progress = Instant::now();
+                        info!(consumed = worker.summary.consumed, applied = worker.summary.applied, dead_lettered = worker.summary.dead_lettered, "progress");
+                    }
+                }
+                msg = source.consumer.recv() => match msg {
+                    Ok(m) => worker.handle(&m).await,
+                    Err(e) => {
+                        warn!(error = %e, "consumer error; librdkafka retries");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+
+        // The last flush: waits for room, then for the sink to drain.
+        if let Some(as_of) = worker.as_of.at(&worker.engine) {
+            let changes = worker.engine.flush(as_of, final_full);
+            worker.summary.as_of = Some(as_of);
+            if !changes.is_empty() && tx.send(Batch { changes }).await.is_err() {
+                warn!("sink stopped before the last flush");
+            }
+        }
+        drop(tx);
+        worker.summary.documents_written = sink_task.await.unwrap_or(0);
+        worker.update_gauges();
+        source.commit_for_monitoring(&worker.positions);
+        worker.summary.positions = worker.positions.clone();
+        worker.summary
+    }
+}
+
+/// Writes each batch, retrying with backoff until MongoDB takes it; pings while idle so
+/// readiness follows MongoDB's health. Returns the documents written.
+async fn sink_loop(sink: MongoSink, mut rx: mpsc::Receiver<Batch>, metrics: Metrics, health: Arc<Health>, backoff: Backoff) -> u64 {
+    let mut written = 0u64;
+    let mut ping = tokio::time::interval(Duration::from_secs(2));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let set_up = |up: bool| {
+        health.set_mongo_ok(up);
+        metrics.mongo_up.set(i64::from(up));
+    };
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                let mut delay = backoff.initial;
+                loop {
+                    let started = Instant::now();
+                    match sink.write(&batch.changes, Utc::now()).await {
+                        Ok(stats) => {
+                            metrics.flush_duration.observe(started.elapsed().as_secs_f64());
+                            metrics.flushes.with_label_values(&["ok"]).inc();
+                            for (collection, n) in stats.per_collection {
+                                metrics.documents_written.with_label_values(&[collection]).inc_by(n as u64);
+                                written += n as u64;
+                            }
+                            set_up(true);
+                            break;
+                        }
+                        Err(e) => {
+                            metrics.flushes.with_label_values(&["error"]).inc();
+                            set_up(false);
+                            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "flush to MongoDB failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(backoff.max);
+                        }
+                    }
+                }
+            }
+            _ = ping.tick() => set_up(sink.ping().await.is_ok()),
+        }
+    }
+    written
+}

@@ -1,0 +1,88 @@
+//! Every Prometheus metric martstream exports, defined once. Names follow
+//! `martstream_<thing>_<unit>[_total]`; labels are bounded (reason, event type, collection,
+//! outcome), never a customer or product id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::domain::RejectReason;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub events_consumed: IntCounter,
+    pub events_applied: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub events_dlq: IntCounterVec,
+    pub refunds_unmatched: IntCounter,
+    pub documents_written: IntCounterVec,
+    pub flushes: IntCounterVec,
+    pub flush_duration: Histogram,
+    pub mongo_up: IntGauge,
+    pub partitions_assigned: IntGauge,
+    pub ready: IntGauge,
+    pub customers: IntGauge,
+    pub dedup_entries: IntGauge,
+    pub event_time_watermark: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            r.register(Box::new(m.clone())).expect("metric names are unique");
+            m
+        }
+        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).unwrap());
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).unwrap());
+        let gauge = |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).unwrap());
+
+        let m = Metrics {
+            events_consumed: counter("martstream_events_consumed_total", "Messages read from the input topic."),
+            events_applied: counter_vec("martstream_events_applied_total", "Valid first-seen events applied to the state.", &["event_type"]),
+            events_duplicate: counter("martstream_events_duplicate_total", "Exact resends of an applied transaction_id, dropped."),
+            events_dlq: counter_vec("martstream_events_dlq_total", "Messages sent to the dead-letter topic, by reason.", &["reason"]),
+            refunds_unmatched: counter("martstream_refunds_unmatched_total", "Refunds applied whose original purchase was never seen."),
+            documents_written: counter_vec("martstream_documents_written_total", "View documents upserted into MongoDB.", &["collection"]),
+            flushes: counter_vec("martstream_flushes_total", "Flushes of changed documents to MongoDB, by outcome.", &["outcome"]),
+            flush_duration: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("martstream_flush_duration_seconds", "Time to write one flush to MongoDB.")
+                        .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap()),
+                )
+                .unwrap(),
+            ),
+            mongo_up: gauge("martstream_mongo_up", "1 when the last MongoDB write succeeded."),
+            partitions_assigned: gauge("martstream_partitions_assigned", "Input partitions this instance consumes."),
+            ready: gauge("martstream_ready", "1 when /readyz answers ready."),
+            customers: gauge("martstream_customers", "Customers held in the state."),
+            dedup_entries: gauge("martstream_dedup_entries", "transaction_ids remembered for dedup."),
+            event_time_watermark: gauge("martstream_event_time_watermark_seconds", "Largest event time applied, Unix seconds."),
+            registry,
+        };
+        // Expose every reason from the start, so a rate() over them works before the first one.
+        for reason in RejectReason::ALL {
+            m.events_dlq.with_label_values(&[reason.as_str()]);
+        }
+        for kind in ["purchase", "refund"] {
+            m.events_applied.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

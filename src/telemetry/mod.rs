@@ -1,0 +1,21 @@
+//! Telemetry: the Prometheus metrics and the log subscriber.
+
+pub mod metrics;
+
+pub use metrics::Metrics;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global log subscriber (stderr; text or JSON). `RUST_LOG`, when set, wins
+/// over the configured level.
+pub fn init_logging(config: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match config.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
