@@ -1,0 +1,206 @@
+//! Helpers for end-to-end tests against the real local stack (`scripts/stack up`): fresh
+//! topic and database names per test (tests run in parallel), producing, running the
+//! `martstream` binary, reading MongoDB and the dead-letter topic back.
+#![allow(dead_code)]
+
+pub mod recompute;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::Document;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub fn brokers() -> String {
+    std::env::var("MARTSTREAM_KAFKA__BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+pub fn mongo_uri() -> String {
+    std::env::var("MARTSTREAM_MONGO__URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=rs0".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn fresh_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{}_{}", std::process::id(), nanos % 1_000_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One test's own topic, dead-letter topic and database.
+pub struct Scenario {
+    pub topic: String,
+    pub dlq: String,
+    pub database: String,
+    pub extra: Vec<String>,
+}
+
+impl Scenario {
+    pub fn new(prefix: &str) -> Scenario {
+        let base = fresh_name(prefix);
+        Scenario { topic: format!("{base}.tx"), dlq: format!("{base}.tx.dlq"), database: base.replace('.', "_"), extra: Vec::new() }
+    }
+
+    /// The flags that point `martstream` at this scenario and the local stack.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--config".into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/local-stack.toml").into(),
+            "--brokers".into(),
+            brokers(),
+            "--mongo-uri".into(),
+            mongo_uri(),
+            "--topic".into(),
+            self.topic.clone(),
+            "--database".into(),
+            self.database.clone(),
+            "--set".into(),
+            format!("kafka.dlq_topic={}", self.dlq),
+            "--set".into(),
+            "kafka.partitions=4".into(),
+            "--set".into(),
+            "service.flush_interval_ms=200".into(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    pub fn command(&self, subcommand: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_martstream"));
+        cmd.args(self.args()).args(subcommand).env("RUST_LOG", "warn").stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn martstream(&self, subcommand: &[&str]) -> Output {
+        let out = self.command(subcommand).output().expect("running martstream");
+        assert!(
+            out.status.success(),
+            "martstream {subcommand:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn create_topics(&self) {
+        self.martstream(&["topics", "create"]);
+    }
+
+    pub async fn produce(&self, messages: &[loadtest::Message]) {
+        produce(&self.topic, messages).await
+    }
+
+    pub async fn collection(&self, name: &str) -> Vec<Document> {
+        read_collection(&self.database, name).await
+    }
+}
+
+pub async fn produce(topic: &str, messages: &[loadtest::Message]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "10")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    // Batches in flight at once; each send is acknowledged before the test goes on.
+    for chunk in messages.chunks(2000) {
+        let sends = chunk.iter().map(|m| {
+            producer.send(
+                FutureRecord::to(topic).key(&m.key).payload(&m.payload).timestamp(m.timestamp.timestamp_millis()),
+                Duration::from_secs(30),
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e).expect("produce");
+        }
+    }
+}
+
+pub async fn mongo() -> mongodb::Client {
+    mongodb::Client::with_uri_str(mongo_uri()).await.expect("mongodb client")
+}
+
+pub async fn read_collection(database: &str, collection: &str) -> Vec<Document> {
+    use futures::TryStreamExt;
+    mongo().await.database(database).collection::<Document>(collection).find(Document::new()).await.unwrap().try_collect().await.unwrap()
+}
+
+/// A dead-lettered message: its headers and unchanged key and payload.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub headers: BTreeMap<String, String>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Reads `topic` from the beginning: waits up to 30 s for `expected` messages, then 1 s
+/// more to catch any beyond them.
+pub fn read_topic(topic: &str, expected: usize) -> Vec<DeadLetter> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", fresh_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("receive.message.max.bytes", "2147483647")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    let mut grace = false;
+    while Instant::now() < deadline {
+        if out.len() >= expected && !grace {
+            grace = true;
+            deadline = Instant::now() + Duration::from_secs(1);
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(DeadLetter { headers, key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec() });
+        }
+    }
+    out
+}
+
+/// Polls `check` every 200 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
