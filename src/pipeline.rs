@@ -49,6 +49,12 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+/// The engine's lane of a partition (a topic with more than 65536 partitions would have
+/// some share a lane, and so a dedup horizon).
+fn lane(partition: i32) -> u16 {
+    (partition.max(0) % 65536) as u16
+}
+
 /// When consumption stops (besides shutdown).
 #[derive(Debug, Clone)]
 pub enum Until {
@@ -112,9 +118,10 @@ impl Worker {
         self.metrics.events_consumed.inc();
         self.summary.consumed += 1;
         let message_ts = m.timestamp().to_millis();
+        tracing::trace!(partition = m.partition(), offset = m.offset(), timestamp = ?m.timestamp(), "message");
         let rejection = match decode(m.payload().unwrap_or_default(), message_ts.and_then(DateTime::from_timestamp_millis)) {
             Err(rejection) => Some(rejection),
-            Ok(event) => match self.engine.apply(&event) {
+            Ok(event) => match self.engine.apply_on(&event, lane(m.partition())) {
                 Outcome::Applied { orphan_refund } => {
                     self.summary.applied += 1;
                     self.metrics.events_applied.with_label_values(&[event.tx.kind.as_str()]).inc();

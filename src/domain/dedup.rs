@@ -1,11 +1,16 @@
 //! Which `transaction_id`s were applied (SPEC §1 "Duplicates").
 //!
 //! The first valid arrival of an id wins; a later copy with the same parsed JSON is a
-//! duplicate, one with different JSON a conflicting duplicate. Ids are remembered for the
-//! dedup horizon of event time (35 days by default) behind the newest applied event; older
-//! entries are dropped when the newest event's date moves on, so memory follows the horizon,
-//! not the length of history. Each entry is 32 bytes: a 128-bit hash of the id (collisions
-//! are ~1e-20 likely at 100M ids), the fingerprint of the JSON, the event date and the kind.
+//! duplicate, one with different JSON a conflicting duplicate.
+//!
+//! Ids are remembered for the dedup horizon of event time (35 days by default) behind the
+//! newest event *of the lane they arrived on* (a lane is a Kafka partition: one customer's
+//! events, and their resends, share one). Measuring the horizon per lane makes the verdict
+//! independent of how partitions interleave: a partition that races ahead never evicts the
+//! ids of one that lags. Entries behind their lane's horizon are swept when the newest event
+//! date of any lane moves on, so memory follows the horizon, not the length of history.
+//! Each entry is 32 bytes: a 128-bit hash of the id (collisions are ~1e-20 likely at 100M
+//! ids), the fingerprint of the JSON, the event date, the lane and the kind.
 
 use std::collections::HashMap;
 
@@ -20,6 +25,8 @@ pub struct Seen {
     pub fingerprint: u64,
     /// Event date as days since 1970-01-01.
     pub day: i32,
+    /// The input lane (partition) it was applied from.
+    pub lane: u16,
     pub kind: EventKind,
 }
 
@@ -38,8 +45,10 @@ pub enum Arrival {
 pub struct DedupIndex {
     seen: HashMap<u128, Seen>,
     horizon_days: i32,
-    /// Entries older than this day have been evicted.
-    evicted_before: i32,
+    /// Newest event date seen per lane.
+    lane_newest: HashMap<u16, i32>,
+    /// The newest event date over all lanes at the last sweep.
+    swept_at: i32,
 }
 
 /// Days since 1970-01-01 of a date.
@@ -53,7 +62,7 @@ fn key(transaction_id: &str) -> u128 {
 
 impl DedupIndex {
     pub fn new(horizon_days: u32) -> Self {
-        DedupIndex { seen: HashMap::new(), horizon_days: horizon_days as i32, evicted_before: i32::MIN }
+        DedupIndex { seen: HashMap::new(), horizon_days: horizon_days as i32, lane_newest: HashMap::new(), swept_at: i32::MIN }
     }
 
     pub fn len(&self) -> usize {
@@ -73,9 +82,17 @@ impl DedupIndex {
         }
     }
 
-    /// Records an applied id.
+    /// Records an applied id, then forgets what fell behind its lane's horizon (a sweep at
+    /// most once per day of event time).
     pub fn record(&mut self, transaction_id: &str, seen: Seen) {
         self.seen.insert(key(transaction_id), seen);
+        let newest = self.lane_newest.entry(seen.lane).or_insert(seen.day);
+        *newest = (*newest).max(seen.day);
+        if *newest > self.swept_at {
+            self.swept_at = *newest;
+            let (lanes, horizon) = (&self.lane_newest, self.horizon_days);
+            self.seen.retain(|_, s| s.day >= lanes[&s.lane] - horizon);
+        }
     }
 
     /// The applied event with this id, if remembered.
@@ -83,15 +100,6 @@ impl DedupIndex {
         self.seen.get(&key(transaction_id)).copied()
     }
 
-    /// Forgets ids older than the horizon behind `newest_day`. Cheap to call often: it sweeps
-    /// only when the cut-off day moves.
-    pub fn evict_behind(&mut self, newest_day: i32) {
-        let cutoff = newest_day - self.horizon_days;
-        if cutoff > self.evicted_before {
-            self.seen.retain(|_, s| s.day >= cutoff);
-            self.evicted_before = cutoff;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -99,7 +107,7 @@ mod tests {
     use super::*;
 
     fn seen(fp: u64, day: i32) -> Seen {
-        Seen { fingerprint: fp, day, kind: EventKind::Purchase }
+        Seen { fingerprint: fp, day, lane: 0, kind: EventKind::Purchase }
     }
 
     #[test]
@@ -117,9 +125,9 @@ mod tests {
         let mut d = DedupIndex::new(35);
         d.record("old", seen(1, 100));
         d.record("edge", seen(1, 105));
-        d.evict_behind(140);
+        d.record("new", seen(1, 140));
         assert_eq!(d.check("edge", 1), Arrival::Duplicate, "exactly 35 days back is kept");
         assert_eq!(d.check("old", 1), Arrival::New);
-        assert_eq!(d.len(), 1);
+        assert_eq!(d.len(), 2);
     }
 }

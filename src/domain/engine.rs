@@ -78,7 +78,14 @@ impl Engine {
         self.dedup.len()
     }
 
+    /// Applies an event from a single input lane.
     pub fn apply(&mut self, event: &Decoded) -> Outcome {
+        self.apply_on(event, 0)
+    }
+
+    /// Applies an event that arrived on `lane` (its Kafka partition): lanes keep their own
+    /// dedup horizon, so the result does not depend on how lanes interleave.
+    pub fn apply_on(&mut self, event: &Decoded, lane: u16) -> Outcome {
         let tx = &event.tx;
         match self.dedup.check(&tx.transaction_id, event.fingerprint) {
             Arrival::Duplicate => return Outcome::Duplicate,
@@ -92,11 +99,9 @@ impl Engine {
                 .and_then(|id| self.dedup.get(id))
                 .is_none_or(|seen| seen.kind != EventKind::Purchase);
         let day = epoch_day(tx.date());
-        self.dedup.record(&tx.transaction_id, Seen { fingerprint: event.fingerprint, day, kind: tx.kind });
+        self.dedup.record(&tx.transaction_id, Seen { fingerprint: event.fingerprint, day, lane, kind: tx.kind });
         self.rfm.apply(tx);
-        let newest = self.watermark.map_or(tx.timestamp, |w| w.max(tx.timestamp));
-        self.watermark = Some(newest);
-        self.dedup.evict_behind(epoch_day(newest.date_naive()));
+        self.watermark = Some(self.watermark.map_or(tx.timestamp, |w| w.max(tx.timestamp)));
         Outcome::Applied { orphan_refund }
     }
 
@@ -206,5 +211,30 @@ mod tests {
         );
         let u1 = engine.rfm().customer("u1").unwrap();
         assert_eq!((u1.frequency, u1.monetary), (1, 999 - 500));
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+    use crate::domain::testgen::{arrivals, Arrival, Step};
+
+    /// A lane (partition) that races ahead must not evict the dedup memory of a lane that
+    /// lags: whether a resend is caught must not depend on how partitions interleave.
+    #[test]
+    fn the_dedup_horizon_is_per_lane() {
+        let new = |user, day: u32| Step::New { user, minute: day * 24 * 60, total: 2, refund_of: None, lines: vec![(0, 1, 1, 0)] };
+        let events: Vec<Decoded> = arrivals(&[new(1, 10), new(2, 100)])
+            .into_iter()
+            .map(|a| match a {
+                Arrival::Event(d) => d,
+                Arrival::Flush(_) => unreachable!(),
+            })
+            .collect();
+        let mut engine = Engine::new(ViewConfig::default());
+        assert_eq!(engine.apply_on(&events[0], 0), Outcome::Applied { orphan_refund: false });
+        // Lane 1 jumps 90 days ahead; lane 0 is still at day 10.
+        assert_eq!(engine.apply_on(&events[1], 1), Outcome::Applied { orphan_refund: false });
+        assert_eq!(engine.apply_on(&events[0], 0), Outcome::Duplicate, "lane 0's own horizon still holds its id");
     }
 }

@@ -146,32 +146,47 @@ fn millis(doc: &Document, key: &str) -> i64 {
     doc.get_datetime(key).unwrap_or_else(|_| panic!("{key} is not a date in {doc}")).timestamp_millis()
 }
 
-/// Compares the MongoDB documents with the expectation, field by field.
-pub fn assert_rfm_equal(docs: &[Document], expected: &BTreeMap<String, ExpectedRfm>, as_of: DateTime<Utc>) {
+/// Compares the MongoDB documents with the expectation, field by field; `as_of` also checks
+/// `analysis_date` (the always-on service only rewrites documents whose content changed, so
+/// there it is the as_of of each document's last write).
+pub fn rfm_diff(docs: &[Document], expected: &BTreeMap<String, ExpectedRfm>, as_of: Option<DateTime<Utc>>) -> Result<(), String> {
+    macro_rules! ensure {
+        ($cond:expr, $($msg:tt)+) => { if !$cond { return Err(format!($($msg)+)); } };
+    }
     let mut got: BTreeMap<String, &Document> = BTreeMap::new();
     for d in docs {
-        got.insert(d.get_str("customer_id").unwrap().to_owned(), d);
+        got.insert(d.get_str("customer_id").map_err(|e| e.to_string())?.to_owned(), d);
     }
-    assert_eq!(got.len(), docs.len(), "one document per customer");
+    ensure!(got.len() == docs.len(), "more than one document for a customer");
     let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
     let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}");
+    ensure!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}");
     for (id, e) in expected {
         let d = got[id];
         let ctx = format!("customer {id}: {d}");
-        assert_eq!(d.get_str("_id").unwrap(), id, "{ctx}");
-        assert_eq!(millis(d, "first_purchase_at"), e.first.timestamp_millis(), "first_purchase_at, {ctx}");
-        assert_eq!(millis(d, "last_purchase_at"), e.last.timestamp_millis(), "last_purchase_at, {ctx}");
-        assert_eq!(int(d, "recency"), e.recency, "recency, {ctx}");
-        assert_eq!(int(d, "frequency"), e.frequency, "frequency, {ctx}");
-        assert_eq!(d.get_f64("monetary").unwrap(), e.monetary_cents as f64 / 100.0, "monetary, {ctx}");
-        let aov = d.get_f64("avg_order_value").unwrap();
+        ensure!(d.get_str("_id") == Ok(id.as_str()), "_id, {ctx}");
+        ensure!(millis(d, "first_purchase_at") == e.first.timestamp_millis(), "first_purchase_at, {ctx}");
+        ensure!(millis(d, "last_purchase_at") == e.last.timestamp_millis(), "last_purchase_at, {ctx}");
+        ensure!(int(d, "recency") == e.recency, "recency {} expected, {ctx}", e.recency);
+        ensure!(int(d, "frequency") == e.frequency, "frequency {} expected, {ctx}", e.frequency);
+        ensure!(d.get_f64("monetary") == Ok(e.monetary_cents as f64 / 100.0), "monetary {} expected, {ctx}", e.monetary_cents);
+        let aov = d.get_f64("avg_order_value").map_err(|e| format!("avg_order_value: {e}, {ctx}"))?;
         let want = e.monetary_cents as f64 / 100.0 / e.frequency as f64;
-        assert!((aov - want).abs() <= 1e-9 * want.abs().max(1.0), "avg_order_value {aov} != {want}, {ctx}");
-        assert_eq!([int(d, "r_score"), int(d, "f_score"), int(d, "m_score")], e.scores, "scores, {ctx}");
-        assert_eq!(d.get_str("rfm_score").unwrap(), format!("{}{}{}", e.scores[0], e.scores[1], e.scores[2]), "{ctx}");
-        assert_eq!(d.get_str("rfm_segment").unwrap(), e.segment, "rfm_segment, {ctx}");
-        assert_eq!(millis(d, "analysis_date"), as_of.timestamp_millis(), "analysis_date, {ctx}");
-        assert!(d.get_datetime("updated_at").is_ok(), "{ctx}");
+        ensure!((aov - want).abs() <= 1e-9 * want.abs().max(1.0), "avg_order_value {aov} != {want}, {ctx}");
+        let scores = [int(d, "r_score"), int(d, "f_score"), int(d, "m_score")];
+        ensure!(scores == e.scores, "scores {:?} expected, {ctx}", e.scores);
+        ensure!(d.get_str("rfm_score") == Ok(format!("{}{}{}", e.scores[0], e.scores[1], e.scores[2]).as_str()), "rfm_score, {ctx}");
+        ensure!(d.get_str("rfm_segment") == Ok(e.segment), "rfm_segment {} expected, {ctx}", e.segment);
+        if let Some(t) = as_of {
+            ensure!(millis(d, "analysis_date") == t.timestamp_millis(), "analysis_date {t} expected, {ctx}");
+        }
+        ensure!(d.get_datetime("updated_at").is_ok(), "updated_at, {ctx}");
+    }
+    Ok(())
+}
+
+pub fn assert_rfm_equal(docs: &[Document], expected: &BTreeMap<String, ExpectedRfm>, as_of: DateTime<Utc>) {
+    if let Err(e) = rfm_diff(docs, expected, Some(as_of)) {
+        panic!("customer_rfm_analysis differs from the recompute: {e}");
     }
 }
