@@ -18,7 +18,7 @@ use crate::health::Health;
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::source::{Source, StartAt};
 use crate::kafka::topics::{self, Created};
-use crate::pipeline::{AsOf, Backoff, Pipeline, Summary, Until, Worker};
+use crate::pipeline::{AsOf, Backoff, Cadence, Pipeline, Summary, Until, Worker};
 use crate::sink::mongo::MongoSink;
 use crate::telemetry::{self, Metrics};
 
@@ -181,7 +181,9 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
     install_signal_handlers(shutdown.clone());
 
     if serve_http && !config.service.http_listen.is_empty() {
-        let (addr, _) = crate::http::serve(&config.service.http_listen, metrics.clone(), health.clone(), shutdown.child_token()).await?;
+        let (addr, _) =
+            crate::http::serve(&config.service.http_listen, metrics.clone(), health.clone(), shutdown.child_token())
+                .await?;
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
     let source = Source::connect(&config.kafka)?;
@@ -204,19 +206,15 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
         "consuming"
     );
 
-    let worker = Worker::new(
-        Engine::new(config.views.clone()),
-        dlq,
-        metrics,
-        health,
+    let cadence = Cadence {
         as_of,
-        Duration::from_millis(config.service.flush_interval_ms),
-        Backoff {
+        flush_every: Duration::from_millis(config.service.flush_interval_ms),
+        backoff: Backoff {
             initial: Duration::from_millis(config.service.retry_initial_ms),
             max: Duration::from_millis(config.service.retry_max_ms),
         },
-        positions,
-    );
+    };
+    let worker = Worker::new(Engine::new(config.views.clone()), dlq, (metrics, health), cadence, positions);
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
     Ok(Pipeline { source, worker }.run(sink, until, to_end, shutdown).await)
 }

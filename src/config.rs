@@ -192,7 +192,10 @@ impl Config {
             return bad("kafka.brokers is empty".into());
         }
         for (key, name) in [("kafka.topic", &self.kafka.topic), ("kafka.dlq_topic", &self.kafka.dlq_topic)] {
-            if name.is_empty() || name.len() > 249 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            if name.is_empty()
+                || name.len() > 249
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
                 return bad(format!("{key} {name:?} is not a valid topic name"));
             }
         }
@@ -218,13 +221,19 @@ impl Config {
         for rule in &rfm.segments {
             for (axis, [lo, hi]) in [("r", rule.r), ("f", rule.f), ("m", rule.m)] {
                 if !(1 <= lo && lo <= hi && hi <= 5) {
-                    return bad(format!("views.rfm.segments {:?}: {axis} = [{lo}, {hi}] is not a range within 1..5", rule.name));
+                    return bad(format!(
+                        "views.rfm.segments {:?}: {axis} = [{lo}, {hi}] is not a range within 1..5",
+                        rule.name
+                    ));
                 }
             }
         }
         let ascending = |v: &[f64]| v.windows(2).all(|w| w[0] <= w[1]);
         let as_f64 = |v: &[i64; 5]| v.map(|x| x as f64);
-        if !ascending(&as_f64(&rfm.bins.recency)) || !ascending(&as_f64(&rfm.bins.frequency)) || !ascending(&rfm.bins.monetary) {
+        if !ascending(&as_f64(&rfm.bins.recency))
+            || !ascending(&as_f64(&rfm.bins.frequency))
+            || !ascending(&rfm.bins.monetary)
+        {
             return bad("views.rfm.bins edges must be ascending".into());
         }
         if self.views.dedup_horizon_days == 0 {
@@ -255,7 +264,9 @@ pub fn is_secret_key(key: &str) -> bool {
 
 /// `scheme://user:pass@host/...` → `scheme://user:****@host/...`.
 pub fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_owned() };
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
@@ -272,18 +283,30 @@ fn one_line(e: &figment::Error) -> String {
     e.clone()
         .into_iter()
         .map(|e| {
-            let key = e.path.iter().filter(|p| p.as_str() != "global" && p.as_str() != "default").cloned().collect::<Vec<_>>().join(".");
+            let key = e
+                .path
+                .iter()
+                .filter(|p| p.as_str() != "global" && p.as_str() != "default")
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(".");
             let origin = match e.metadata.as_ref() {
                 Some(m) => match &m.source {
                     Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
                     _ if m.name.contains("environment") => " (from a MARTSTREAM_* environment variable)".to_owned(),
-                    _ if m.name.contains("Serialized") || m.name.contains("Value") => " (from the command line)".to_owned(),
+                    _ if m.name.contains("Serialized") || m.name.contains("Value") => {
+                        " (from the command line)".to_owned()
+                    }
                     _ => String::new(),
                 },
                 None => String::new(),
             };
             let kind = e.kind.to_string().replace('`', "");
-            if key.is_empty() { format!("{kind}{origin}") } else { format!("{key}: {kind}{origin}") }
+            if key.is_empty() {
+                format!("{kind}{origin}")
+            } else {
+                format!("{key}: {kind}{origin}")
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -319,8 +342,14 @@ mod tests {
 
     #[test]
     fn file_then_overrides_win_in_order() {
-        let f = toml_file("[kafka]\ntopic = \"from-file\"\n[kafka.librdkafka_options]\n\"security.protocol\" = \"SASL_SSL\"\n");
-        let c = Config::load(Some(f.path()), &[("mongo.database".into(), "shadow".into()), ("service.flush_interval_ms".into(), "250".into())]).unwrap();
+        let f = toml_file(
+            "[kafka]\ntopic = \"from-file\"\n[kafka.librdkafka_options]\n\"security.protocol\" = \"SASL_SSL\"\n",
+        );
+        let c = Config::load(
+            Some(f.path()),
+            &[("mongo.database".into(), "shadow".into()), ("service.flush_interval_ms".into(), "250".into())],
+        )
+        .unwrap();
         assert_eq!(c.kafka.topic, "from-file");
         assert_eq!(c.kafka.librdkafka_options["security.protocol"], "SASL_SSL");
         assert_eq!(c.mongo.database, "shadow");

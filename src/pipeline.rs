@@ -86,17 +86,23 @@ pub struct Pipeline {
     pub worker: Worker,
 }
 
-/// Everything the loop mutates, apart from the consumer that lends out messages.
-pub struct Worker {
-    pub engine: Engine,
-    pub dlq: DeadLetters,
-    pub metrics: Metrics,
-    pub health: Arc<Health>,
+/// How a run flushes and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
     pub as_of: AsOf,
     pub flush_every: Duration,
     pub backoff: Backoff,
+}
+
+/// Everything the loop mutates, apart from the consumer that lends out messages.
+pub struct Worker {
+    engine: Engine,
+    dlq: DeadLetters,
+    metrics: Metrics,
+    health: Arc<Health>,
+    cadence: Cadence,
     /// Next offset to read, per partition.
-    pub positions: BTreeMap<i32, i64>,
+    positions: BTreeMap<i32, i64>,
     summary: Summary,
 }
 
@@ -104,14 +110,11 @@ impl Worker {
     pub fn new(
         engine: Engine,
         dlq: DeadLetters,
-        metrics: Metrics,
-        health: Arc<Health>,
-        as_of: AsOf,
-        flush_every: Duration,
-        backoff: Backoff,
+        (metrics, health): (Metrics, Arc<Health>),
+        cadence: Cadence,
         positions: BTreeMap<i32, i64>,
     ) -> Self {
-        Worker { engine, dlq, metrics, health, as_of, flush_every, backoff, positions, summary: Summary::default() }
+        Worker { engine, dlq, metrics, health, cadence, positions, summary: Summary::default() }
     }
 
     async fn handle(&mut self, m: &BorrowedMessage<'_>) {
@@ -119,31 +122,40 @@ impl Worker {
         self.summary.consumed += 1;
         let message_ts = m.timestamp().to_millis();
         tracing::trace!(partition = m.partition(), offset = m.offset(), timestamp = ?m.timestamp(), "message");
-        let rejection = match decode(m.payload().unwrap_or_default(), message_ts.and_then(DateTime::from_timestamp_millis)) {
-            Err(rejection) => Some(rejection),
-            Ok(event) => match self.engine.apply_on(&event, lane(m.partition())) {
-                Outcome::Applied { orphan_refund } => {
-                    self.summary.applied += 1;
-                    self.metrics.events_applied.with_label_values(&[event.tx.kind.as_str()]).inc();
-                    if orphan_refund {
-                        debug_assert_eq!(event.tx.kind, EventKind::Refund);
-                        self.metrics.refunds_unmatched.inc();
+        let rejection =
+            match decode(m.payload().unwrap_or_default(), message_ts.and_then(DateTime::from_timestamp_millis)) {
+                Err(rejection) => Some(rejection),
+                Ok(event) => match self.engine.apply_on(&event, lane(m.partition())) {
+                    Outcome::Applied { orphan_refund } => {
+                        self.summary.applied += 1;
+                        self.metrics.events_applied.with_label_values(&[event.tx.kind.as_str()]).inc();
+                        if orphan_refund {
+                            debug_assert_eq!(event.tx.kind, EventKind::Refund);
+                            self.metrics.refunds_unmatched.inc();
+                        }
+                        None
                     }
-                    None
-                }
-                Outcome::Duplicate => {
-                    self.summary.duplicates += 1;
-                    self.metrics.events_duplicate.inc();
-                    None
-                }
-                Outcome::Conflicting => Some(Rejection::new(
-                    RejectReason::ConflictingDuplicate,
-                    format_args!("transaction_id {:?} was already applied with different content", event.tx.transaction_id),
-                )),
-            },
-        };
+                    Outcome::Duplicate => {
+                        self.summary.duplicates += 1;
+                        self.metrics.events_duplicate.inc();
+                        None
+                    }
+                    Outcome::Conflicting => Some(Rejection::new(
+                        RejectReason::ConflictingDuplicate,
+                        format_args!(
+                            "transaction_id {:?} was already applied with different content",
+                            event.tx.transaction_id
+                        ),
+                    )),
+                },
+            };
         if let Some(rejection) = rejection {
-            let from = SourcePosition { topic: m.topic(), partition: m.partition(), offset: m.offset(), timestamp_ms: message_ts };
+            let from = SourcePosition {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: message_ts,
+            };
             self.dead_letter(m.key(), m.payload(), &rejection, &from).await;
         }
         self.positions.insert(m.partition(), m.offset() + 1);
@@ -151,15 +163,21 @@ impl Worker {
 
     /// Sends to the DLQ, retrying with backoff until the broker takes it: the partition
     /// waits rather than losing the message.
-    async fn dead_letter(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>, rejection: &Rejection, from: &SourcePosition<'_>) {
-        let mut delay = self.backoff.initial;
+    async fn dead_letter(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        rejection: &Rejection,
+        from: &SourcePosition<'_>,
+    ) {
+        let mut delay = self.cadence.backoff.initial;
         loop {
             match self.dlq.send(key, payload, rejection, from).await {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.backoff.max);
+                    delay = (delay * 2).min(self.cadence.backoff.max);
                 }
             }
         }
@@ -176,7 +194,9 @@ impl Worker {
 
     /// Hands the changed documents to the sink if it is free; otherwise they keep coalescing.
     fn try_flush(&mut self, sink: &mpsc::Sender<Batch>) {
-        let Some(as_of) = self.as_of.at(&self.engine) else { return };
+        let Some(as_of) = self.cadence.as_of.at(&self.engine) else {
+            return;
+        };
         if let Ok(permit) = sink.try_reserve() {
             let changes = self.engine.flush(as_of, false);
             self.summary.as_of = Some(as_of);
@@ -208,8 +228,9 @@ impl Pipeline {
     pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
         let Pipeline { source, mut worker } = self;
         let (tx, rx) = mpsc::channel::<Batch>(1);
-        let sink_task = tokio::spawn(sink_loop(sink, rx, worker.metrics.clone(), worker.health.clone(), worker.backoff));
-        let mut tick = tokio::time::interval(worker.flush_every);
+        let sink_task =
+            tokio::spawn(sink_loop(sink, rx, worker.metrics.clone(), worker.health.clone(), worker.cadence.backoff));
+        let mut tick = tokio::time::interval(worker.cadence.flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_progress = Instant::now();
 
@@ -237,7 +258,7 @@ impl Pipeline {
         }
 
         // The last flush: waits for room, then for the sink to drain.
-        if let Some(as_of) = worker.as_of.at(&worker.engine) {
+        if let Some(as_of) = worker.cadence.as_of.at(&worker.engine) {
             let changes = worker.engine.flush(as_of, final_full);
             worker.summary.as_of = Some(as_of);
             if !changes.is_empty() && tx.send(Batch { changes }).await.is_err() {
@@ -255,7 +276,13 @@ impl Pipeline {
 
 /// Writes each batch, retrying with backoff until MongoDB takes it; pings while idle so
 /// readiness follows MongoDB's health. Returns the documents written.
-async fn sink_loop(sink: MongoSink, mut rx: mpsc::Receiver<Batch>, metrics: Metrics, health: Arc<Health>, backoff: Backoff) -> u64 {
+async fn sink_loop(
+    sink: MongoSink,
+    mut rx: mpsc::Receiver<Batch>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    backoff: Backoff,
+) -> u64 {
     let mut written = 0u64;
     let mut ping = tokio::time::interval(Duration::from_secs(2));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -37,7 +37,11 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
     let applied = recompute::applied(&messages);
     let duplicates = messages.iter().filter(|m| m.label == Label::Duplicate).count();
     assert!(
-        stdout.contains(&format!("replayed {} messages: {} applied, {duplicates} duplicates", messages.len(), applied.len())),
+        stdout.contains(&format!(
+            "replayed {} messages: {} applied, {duplicates} duplicates",
+            messages.len(),
+            applied.len()
+        )),
         "{stdout}"
     );
 
@@ -62,12 +66,17 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
     let mut got: BTreeMap<(String, String), usize> = BTreeMap::new();
     for l in &letters {
         assert_eq!(l.headers["source_topic"], s.topic);
-        assert!(l.headers["source_partition"].parse::<i32>().is_ok() && l.headers["source_offset"].parse::<i64>().is_ok());
+        assert!(
+            l.headers["source_partition"].parse::<i32>().is_ok() && l.headers["source_offset"].parse::<i64>().is_ok()
+        );
         assert!(!l.headers["detail"].is_empty());
         *got.entry((l.headers["reason"].clone(), String::from_utf8(l.payload.clone()).unwrap())).or_default() += 1;
     }
     assert_eq!(got, want, "dead letters by reason and payload");
-    assert!(want.keys().map(|(r, _)| r.as_str()).collect::<std::collections::BTreeSet<_>>().len() >= 8, "every reason appears");
+    assert!(
+        want.keys().map(|(r, _)| r.as_str()).collect::<std::collections::BTreeSet<_>>().len() >= 8,
+        "every reason appears"
+    );
 
     // Replaying again into the same database converges to the same documents (idempotent).
     s.martstream(&["replay", "--clock", "event"]);

@@ -25,7 +25,10 @@ async fn get(url: &str) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
     let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -36,7 +39,9 @@ async fn get(url: &str) -> Option<(u16, String)> {
 
 /// The value of a metric line `name{labels} value` in Prometheus text.
 fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -45,7 +50,14 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
     let port = free_port();
     s.extra = vec!["--set".into(), format!("service.http_listen=127.0.0.1:{port}")];
     s.create_topics();
-    let messages: Vec<_> = Generator::new(GenConfig { seed: 3, events: 2000, customers: 300, malformed_rate: 0.02, ..GenConfig::default() }).collect();
+    let messages: Vec<_> = Generator::new(GenConfig {
+        seed: 3,
+        events: 2000,
+        customers: 300,
+        malformed_rate: 0.02,
+        ..GenConfig::default()
+    })
+    .collect();
     let (first, second) = messages.split_at(1200);
     s.produce(first).await;
 
@@ -57,7 +69,8 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let service_log = || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n");
+    let service_log =
+        || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n");
     let mut service = Service(child);
     let base = format!("http://127.0.0.1:{port}");
 
@@ -96,7 +109,11 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
     let count = |l: &dyn Fn(&Label) -> bool| messages.iter().filter(|m| l(&m.label)).count() as f64;
     assert_eq!(metric(&text, "martstream_events_consumed_total"), Some(messages.len() as f64), "{text}");
     assert_eq!(metric(&text, "martstream_events_duplicate_total"), Some(count(&|l| *l == Label::Duplicate)));
-    let dlq_total: f64 = text.lines().filter(|l| l.starts_with("martstream_events_dlq_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    let dlq_total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("martstream_events_dlq_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     assert_eq!(dlq_total, count(&|l| matches!(l, Label::Malformed(_) | Label::Conflicting)));
     assert_eq!(
         metric(&text, "martstream_events_dlq_total{reason=\"invalid_json\"}"),
@@ -119,7 +136,11 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
 }
 
 fn unsafe_kill(pid: i32, signal: i32) -> i32 {
-    std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().map_or(-1, |s| s.code().unwrap_or(-1))
+    std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .map_or(-1, |s| s.code().unwrap_or(-1))
 }
 
 /// Runs martstream and returns (exit code, stderr).
@@ -141,7 +162,15 @@ fn failures_at_start_are_one_line_and_a_non_zero_exit() {
         (&["--set", "views.rfm.scoring=deciles", "check-config"], "views.rfm.scoring"),
         (&["--brokers", "127.0.0.1:1", "--set", "kafka.connect_timeout_ms=1500", "replay"], "cannot reach Kafka"),
         (
-            &["--mongo-uri", "mongodb://127.0.0.1:1/", "--set", "mongo.connect_timeout_ms=1500", "--topic", "absent-topic-xyz", "replay"],
+            &[
+                "--mongo-uri",
+                "mongodb://127.0.0.1:1/",
+                "--set",
+                "mongo.connect_timeout_ms=1500",
+                "--topic",
+                "absent-topic-xyz",
+                "replay",
+            ],
             "does not exist",
         ),
     ];

@@ -148,7 +148,8 @@ impl Generator {
     fn event_time(&mut self) -> DateTime<Utc> {
         let span_ms = i64::from(self.cfg.days) * 86_400_000;
         let progress = self.made as f64 / self.cfg.events.max(1) as f64;
-        let mut t = self.cfg.start + Duration::milliseconds((progress * span_ms as f64) as i64 + self.rng.gen_range(0..60_000));
+        let mut t =
+            self.cfg.start + Duration::milliseconds((progress * span_ms as f64) as i64 + self.rng.gen_range(0..60_000));
         if self.rng.gen_bool(self.cfg.late_rate) {
             t -= Duration::minutes(self.rng.gen_range(60..4 * 24 * 60));
         }
@@ -261,13 +262,22 @@ impl Iterator for Generator {
         }
         let t = self.event_time();
         // What a producer stamps: shortly after the event (late events are sent late).
-        let sent = t.max(self.cfg.start + Duration::milliseconds((self.made as f64 / self.cfg.events as f64 * f64::from(self.cfg.days) * 86_400_000.0) as i64))
-            + Duration::seconds(self.rng.gen_range(0..30));
+        let sent = t.max(
+            self.cfg.start
+                + Duration::milliseconds(
+                    (self.made as f64 / self.cfg.events as f64 * f64::from(self.cfg.days) * 86_400_000.0) as i64,
+                ),
+        ) + Duration::seconds(self.rng.gen_range(0..30));
         let roll: f64 = self.rng.gen();
         let c = self.cfg.clone();
         let message = if roll < c.malformed_rate {
             let (payload, reason) = self.malformed(t);
-            Message { key: format!("C{:06}", self.made % c.customers), payload, timestamp: sent, label: Label::Malformed(reason) }
+            Message {
+                key: format!("C{:06}", self.made % c.customers),
+                payload,
+                timestamp: sent,
+                label: Label::Malformed(reason),
+            }
         } else if roll < c.malformed_rate + c.duplicate_rate && !self.valid.is_empty() {
             let v = self.recent_valid();
             self.message(&v, true, sent, Label::Duplicate)

@@ -99,7 +99,9 @@ fn run(args: Args) -> Result<()> {
     };
 
     if let Some(path) = &args.out {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
         for m in Generator::new(cfg) {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -135,7 +137,8 @@ fn run(args: Args) -> Result<()> {
                 break;
             }
             pace(sent);
-            let mut record = BaseRecord::to(&args.topic).key(&m.key).payload(&m.payload).timestamp(m.timestamp.timestamp_millis());
+            let mut record =
+                BaseRecord::to(&args.topic).key(&m.key).payload(&m.payload).timestamp(m.timestamp.timestamp_millis());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -153,6 +156,10 @@ fn run(args: Args) -> Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let detail: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("loadtest: wrote {sent} messages in {secs:.1}s ({:.0}/s): {}", sent as f64 / secs.max(1e-9), detail.join(" "));
+    println!(
+        "loadtest: wrote {sent} messages in {secs:.1}s ({:.0}/s): {}",
+        sent as f64 / secs.max(1e-9),
+        detail.join(" ")
+    );
     Ok(())
 }

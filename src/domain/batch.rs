@@ -25,9 +25,12 @@ pub fn rfm(events: &[&Transaction], as_of: DateTime<Utc>, config: &RfmConfig) ->
     }
     let mut by_customer: HashMap<&str, Acc> = HashMap::new();
     for tx in events {
-        let acc = by_customer
-            .entry(tx.user_id.as_str())
-            .or_insert(Acc { frequency: 0, monetary: 0, first: None, last: None });
+        let acc = by_customer.entry(tx.user_id.as_str()).or_insert(Acc {
+            frequency: 0,
+            monetary: 0,
+            first: None,
+            last: None,
+        });
         match tx.kind {
             EventKind::Purchase => {
                 acc.frequency += 1;

@@ -92,17 +92,13 @@ pub fn decode(payload: &[u8], message_ts: Option<DateTime<Utc>>) -> Result<Decod
     }
     let value: Value = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(InvalidJson, format_args!("not valid JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| Rejection::new(InvalidJson, "the event is not a JSON object"))?;
+    let obj = value.as_object().ok_or_else(|| Rejection::new(InvalidJson, "the event is not a JSON object"))?;
     let fields = Fields { obj, path: "" };
 
     let kind = match fields.opt_str("event_type")? {
         None | Some("purchase") => EventKind::Purchase,
         Some("refund") => EventKind::Refund,
-        Some(other) => {
-            return Err(Rejection::new(UnknownEventType, format_args!("event_type {other:?}")))
-        }
+        Some(other) => return Err(Rejection::new(UnknownEventType, format_args!("event_type {other:?}"))),
     };
     let transaction_id = fields.id("transaction_id")?;
     let original_transaction_id = match kind {
@@ -167,9 +163,8 @@ fn decode_items(fields: &Fields<'_>) -> Result<Vec<LineItem>, Rejection> {
     let mut lines = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let path = format!("items[{i}].");
-        let obj = item
-            .as_object()
-            .ok_or_else(|| Rejection::new(WrongType, format_args!("items[{i}] must be an object")))?;
+        let obj =
+            item.as_object().ok_or_else(|| Rejection::new(WrongType, format_args!("items[{i}] must be an object")))?;
         let line = Fields { obj, path: &path };
         let product_id = line.id("product_id")?;
         let product_name = line.opt_str("product_name")?.map(str::to_owned);
@@ -179,14 +174,11 @@ fn decode_items(fields: &Fields<'_>) -> Result<Vec<LineItem>, Rejection> {
         let quantity = line.quantity("quantity")?;
         let unit_price_cents = line.money("unit_price")?.ok_or_else(|| line.missing("unit_price"))?;
         let discount_cents = line.money("discount")?.unwrap_or(0);
-        let gross = quantity.checked_mul(unit_price_cents).ok_or_else(|| {
-            Rejection::new(OutOfRange, format_args!("{path}quantity × unit_price is too large"))
-        })?;
+        let gross = quantity
+            .checked_mul(unit_price_cents)
+            .ok_or_else(|| Rejection::new(OutOfRange, format_args!("{path}quantity × unit_price is too large")))?;
         if discount_cents > gross {
-            return Err(Rejection::new(
-                OutOfRange,
-                format_args!("{path}discount exceeds quantity × unit_price"),
-            ));
+            return Err(Rejection::new(OutOfRange, format_args!("{path}discount exceeds quantity × unit_price")));
         }
         lines.push(LineItem {
             product_id,
@@ -204,7 +196,12 @@ fn decode_items(fields: &Fields<'_>) -> Result<Vec<LineItem>, Rejection> {
 
 /// Strict RFC 3339: `YYYY-MM-DDTHH:MM:SS[.fff…]` and `Z` or `±HH:MM`; any offset, kept in UTC.
 fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
-    let bad = || Rejection::new(RejectReason::InvalidTimestamp, format_args!("timestamp {text:?} is not RFC 3339 with an offset"));
+    let bad = || {
+        Rejection::new(
+            RejectReason::InvalidTimestamp,
+            format_args!("timestamp {text:?} is not RFC 3339 with an offset"),
+        )
+    };
     if text.len() < 20 || text.as_bytes()[10] != b'T' {
         return Err(bad());
     }
@@ -245,7 +242,9 @@ impl<'a> Fields<'a> {
     }
 
     fn opt_id(&self, key: &str) -> Result<Option<String>, Rejection> {
-        let Some(id) = self.opt_str(key)? else { return Ok(None) };
+        let Some(id) = self.opt_str(key)? else {
+            return Ok(None);
+        };
         let chars = id.chars().count();
         if chars == 0 || chars > MAX_ID_CHARS {
             return Err(Rejection::new(
@@ -286,7 +285,9 @@ impl<'a> Fields<'a> {
 
     /// An optional amount of money ≥ 0, rounded to cents.
     fn money(&self, key: &str) -> Result<Option<Cents>, Rejection> {
-        let Some(value) = self.get(key) else { return Ok(None) };
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
         let x = value.as_f64().filter(|_| value.is_number()).ok_or_else(|| self.wrong_type(key, "a number"))?;
         cents_from_number(x).map(Some).map_err(|e| {
             let why = match e {
@@ -322,8 +323,7 @@ pub fn fingerprint(value: &Value) -> u64 {
                 items.iter().for_each(|item| feed(h, item));
             }
             Value::Object(members) => {
-                let mut keys: Vec<&String> =
-                    members.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k).collect();
+                let mut keys: Vec<&String> = members.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k).collect();
                 keys.sort_unstable();
                 h.update(b"{");
                 h.update(&(keys.len() as u64).to_le_bytes());

@@ -62,7 +62,12 @@ fn key(transaction_id: &str) -> u128 {
 
 impl DedupIndex {
     pub fn new(horizon_days: u32) -> Self {
-        DedupIndex { seen: HashMap::new(), horizon_days: horizon_days as i32, lane_newest: HashMap::new(), swept_at: i32::MIN }
+        DedupIndex {
+            seen: HashMap::new(),
+            horizon_days: horizon_days as i32,
+            lane_newest: HashMap::new(),
+            swept_at: i32::MIN,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -99,7 +104,6 @@ impl DedupIndex {
     pub fn get(&self, transaction_id: &str) -> Option<Seen> {
         self.seen.get(&key(transaction_id)).copied()
     }
-
 }
 
 #[cfg(test)]

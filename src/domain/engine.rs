@@ -58,11 +58,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: ViewConfig) -> Self {
-        Engine {
-            dedup: DedupIndex::new(config.dedup_horizon_days),
-            rfm: RfmState::new(config.rfm),
-            watermark: None,
-        }
+        Engine { dedup: DedupIndex::new(config.dedup_horizon_days), rfm: RfmState::new(config.rfm), watermark: None }
     }
 
     /// The largest event time among applied events: `as_of` under `clock = "event"`.
@@ -126,11 +122,16 @@ mod tests {
 
     /// Runs the arrivals through the engine, upserting every flushed document into a map as
     /// the MongoDB sink would, and returns the map, the accepted events and the last as_of.
-    fn run(config: &ViewConfig, arrivals: &[Arrival], final_hours: i16) -> (BTreeMap<String, RfmDoc>, Vec<Transaction>, DateTime<Utc>) {
+    fn run(
+        config: &ViewConfig,
+        arrivals: &[Arrival],
+        final_hours: i16,
+    ) -> (BTreeMap<String, RfmDoc>, Vec<Transaction>, DateTime<Utc>) {
         let mut engine = Engine::new(config.clone());
         let mut view = BTreeMap::new();
         let mut accepted = Vec::new();
-        let as_of = |engine: &Engine, hours: i16| engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into());
+        let as_of =
+            |engine: &Engine, hours: i16| engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into());
         let mut upsert = |changes: ViewChanges| {
             for doc in changes.rfm {
                 view.insert(doc.customer_id.clone(), doc);
@@ -148,7 +149,8 @@ mod tests {
         let last = as_of(&engine, final_hours);
         upsert(engine.flush(last, false));
         // A full flush rewrites everything with the final as_of.
-        let full: BTreeMap<_, _> = engine.flush(last, true).rfm.into_iter().map(|d| (d.customer_id.clone(), d)).collect();
+        let full: BTreeMap<_, _> =
+            engine.flush(last, true).rfm.into_iter().map(|d| (d.customer_id.clone(), d)).collect();
         assert_eq!(full.len(), view.len());
         for (id, doc) in &full {
             let mut incremental = view[id].clone();
@@ -185,11 +187,29 @@ mod tests {
     #[test]
     fn duplicates_conflicts_and_orphan_refunds_are_told_apart() {
         let steps = [
-            crate::domain::testgen::Step::New { user: 1, minute: 0, total: 2, refund_of: None, lines: vec![(0, 1, 1, 0)] },
+            crate::domain::testgen::Step::New {
+                user: 1,
+                minute: 0,
+                total: 2,
+                refund_of: None,
+                lines: vec![(0, 1, 1, 0)],
+            },
             crate::domain::testgen::Step::Resend(0),
             crate::domain::testgen::Step::Conflict(0),
-            crate::domain::testgen::Step::New { user: 1, minute: 5, total: 1, refund_of: Some(1), lines: vec![(0, 1, 1, 0)] },
-            crate::domain::testgen::Step::New { user: 2, minute: 5, total: 1, refund_of: Some(0), lines: vec![(0, 1, 1, 0)] },
+            crate::domain::testgen::Step::New {
+                user: 1,
+                minute: 5,
+                total: 1,
+                refund_of: Some(1),
+                lines: vec![(0, 1, 1, 0)],
+            },
+            crate::domain::testgen::Step::New {
+                user: 2,
+                minute: 5,
+                total: 1,
+                refund_of: Some(0),
+                lines: vec![(0, 1, 1, 0)],
+            },
         ];
         let mut engine = Engine::new(ViewConfig::default());
         let outcomes: Vec<Outcome> = arrivals(&steps)
@@ -223,7 +243,13 @@ mod lane_tests {
     /// lags: whether a resend is caught must not depend on how partitions interleave.
     #[test]
     fn the_dedup_horizon_is_per_lane() {
-        let new = |user, day: u32| Step::New { user, minute: day * 24 * 60, total: 2, refund_of: None, lines: vec![(0, 1, 1, 0)] };
+        let new = |user, day: u32| Step::New {
+            user,
+            minute: day * 24 * 60,
+            total: 2,
+            refund_of: None,
+            lines: vec![(0, 1, 1, 0)],
+        };
         let events: Vec<Decoded> = arrivals(&[new(1, 10), new(2, 100)])
             .into_iter()
             .map(|a| match a {

@@ -32,9 +32,8 @@ impl<K: Ord + Copy> RankedSet<K> {
     pub fn from_keys(mut keys: Vec<K>) -> Self {
         keys.sort_unstable();
         keys.dedup();
-        let mut set = Self::default();
-        set.len = keys.len();
-        set.blocks = keys.chunks(LOAD).map(<[K]>::to_vec).collect();
+        let mut set =
+            RankedSet { blocks: keys.chunks(LOAD).map(<[K]>::to_vec).collect(), len: keys.len(), ..Self::default() };
         set.rebuild_index();
         set
     }
@@ -62,7 +61,9 @@ impl<K: Ord + Copy> RankedSet<K> {
         }
         let b = self.block_of(&key);
         let block = &mut self.blocks[b];
-        let Err(pos) = block.binary_search(&key) else { return false };
+        let Err(pos) = block.binary_search(&key) else {
+            return false;
+        };
         block.insert(pos, key);
         self.len += 1;
         if pos + 1 == block.len() {
@@ -85,7 +86,9 @@ impl<K: Ord + Copy> RankedSet<K> {
         }
         let b = self.block_of(key);
         let block = &mut self.blocks[b];
-        let Ok(pos) = block.binary_search(key) else { return false };
+        let Ok(pos) = block.binary_search(key) else {
+            return false;
+        };
         block.remove(pos);
         self.len -= 1;
         if block.is_empty() {

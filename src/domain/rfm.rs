@@ -276,9 +276,7 @@ impl RfmState {
             (0..self.customers.len() as u32).collect()
         } else {
             let mut c = dirty;
-            if let (Some(ranks), Some(old), Some(new)) =
-                (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds)
-            {
+            if let (Some(ranks), Some(old), Some(new)) = (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds) {
                 ranks.movers(&old, &new, as_of_day, &mut c);
                 c.sort_unstable();
                 c.dedup();
@@ -297,11 +295,9 @@ impl RfmState {
             let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
             let recency = (as_of_day - last_day).max(0);
             let scores = match &bounds {
-                Some([f, m, r]) if n > 0 => [
-                    score(last_day.min(as_of_day), r),
-                    score(i64::from(c.frequency), f),
-                    score(c.monetary, m),
-                ],
+                Some([f, m, r]) if n > 0 => {
+                    [score(last_day.min(as_of_day), r), score(i64::from(c.frequency), f), score(c.monetary, m)]
+                }
                 _ => self.config.bin_scores(recency, i64::from(c.frequency), c.monetary),
             };
             if !(everyone || was_dirty || scores != c.emitted) {
@@ -328,7 +324,9 @@ impl RfmState {
 
     /// Moves the dirty customers' keys in the rank indexes to their current values.
     fn sync_ranks(&mut self, dirty: &[u32]) {
-        let Some(ranks) = self.ranks.as_mut() else { return };
+        let Some(ranks) = self.ranks.as_mut() else {
+            return;
+        };
         for &idx in dirty {
             let c = &mut self.customers[idx as usize];
             if c.frequency == 0 {

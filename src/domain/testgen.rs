@@ -18,6 +18,7 @@ pub enum Step {
 
 /// What a step stream becomes: arrivals (with the flushes between them).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Arrival {
     Event(Decoded),
     Flush(i16),
@@ -31,7 +32,13 @@ const AMOUNTS: [i64; 8] = [0, 500, 999, 1000, 2550, 10000, 12345, 500000];
 
 pub fn steps(max_len: usize, days: u32) -> impl Strategy<Value = Vec<Step>> {
     let line = (0u8..6, 1u8..4, 0u8..8, 0u8..3);
-    let new = (0u8..12, 0..days * 24 * 60, 0u8..8, prop::option::weighted(0.2, any::<u16>()), prop::collection::vec(line, 1..3))
+    let new = (
+        0u8..12,
+        0..days * 24 * 60,
+        0u8..8,
+        prop::option::weighted(0.2, any::<u16>()),
+        prop::collection::vec(line, 1..3),
+    )
         .prop_map(|(user, minute, total, refund_of, lines)| Step::New { user, minute, total, refund_of, lines });
     let step = prop_oneof![
         8 => new,
@@ -63,7 +70,9 @@ pub fn arrivals(steps: &[Step]) -> Vec<Arrival> {
                     transaction_id: format!("t{n}"),
                     original_transaction_id: original,
                     user_id: format!("u{user}"),
-                    timestamp: base_time() + Duration::minutes(i64::from(*minute)) + Duration::milliseconds(i64::from(*minute % 7)),
+                    timestamp: base_time()
+                        + Duration::minutes(i64::from(*minute))
+                        + Duration::milliseconds(i64::from(*minute % 7)),
                     items: lines
                         .iter()
                         .map(|&(p, q, price, name)| LineItem {

@@ -62,10 +62,6 @@ impl DeadLetters {
         if let Some(p) = payload {
             record = record.payload(p);
         }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| KafkaError::Client(e))
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| KafkaError::Client(e))
     }
 }

@@ -65,9 +65,11 @@ impl Source {
             .set("enable.partition.eof", "false");
         let consumer: StreamConsumer = config.create()?;
         let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-        let metadata = consumer
-            .fetch_metadata(Some(&kafka.topic), timeout)
-            .map_err(|e| KafkaError::Unreachable { brokers: kafka.brokers.clone(), timeout, reason: super::short_reason(&e) })?;
+        let metadata = consumer.fetch_metadata(Some(&kafka.topic), timeout).map_err(|e| KafkaError::Unreachable {
+            brokers: kafka.brokers.clone(),
+            timeout,
+            reason: super::short_reason(&e),
+        })?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -95,10 +97,9 @@ impl Source {
         let mut offsets: BTreeMap<i32, i64> = match start {
             StartAt::Beginning => marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
             StartAt::Offset(n) => marks.iter().map(|(&p, &(low, high))| (p, (*n).clamp(low, high))).collect(),
-            StartAt::Offsets(map) => marks
-                .iter()
-                .map(|(&p, &(low, high))| (p, map.get(&p).map_or(low, |&o| o.clamp(low, high))))
-                .collect(),
+            StartAt::Offsets(map) => {
+                marks.iter().map(|(&p, &(low, high))| (p, map.get(&p).map_or(low, |&o| o.clamp(low, high)))).collect()
+            }
             StartAt::Timestamp(t) => {
                 let mut tpl = TopicPartitionList::new();
                 for &p in &self.partitions {

@@ -36,7 +36,8 @@ pub struct TopicDefinition {
 
 /// The definitions with their configured names.
 pub fn definitions(kafka: &KafkaConfig) -> Result<Vec<(String, TopicDefinition)>, KafkaError> {
-    let defs: Definitions = toml::from_str(TOPICS_TOML).map_err(|e| KafkaError::Invalid(format!("topics.toml: {e}")))?;
+    let defs: Definitions =
+        toml::from_str(TOPICS_TOML).map_err(|e| KafkaError::Invalid(format!("topics.toml: {e}")))?;
     defs.topic
         .into_iter()
         .map(|d| {
@@ -63,10 +64,11 @@ pub async fn create_all(kafka: &KafkaConfig) -> Result<Vec<Created>, KafkaError>
     let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     // Fail fast, with one line, when the broker is not there.
-    admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map_err(|e| KafkaError::Unreachable { brokers: kafka.brokers.clone(), timeout, reason: super::short_reason(&e) })?;
+    admin.inner().fetch_metadata(None, timeout).map_err(|e| KafkaError::Unreachable {
+        brokers: kafka.brokers.clone(),
+        timeout,
+        reason: super::short_reason(&e),
+    })?;
     let new_topics: Vec<NewTopic<'_>> = defs
         .iter()
         .map(|(name, def)| {

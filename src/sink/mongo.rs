@@ -58,9 +58,8 @@ impl MongoSink {
     pub async fn connect(config: &MongoConfig) -> Result<MongoSink, SinkError> {
         let uri = redact_uri(&config.uri);
         let timeout = Duration::from_millis(config.connect_timeout_ms);
-        let mut options = ClientOptions::parse(&config.uri)
-            .await
-            .map_err(|source| SinkError::BadUri { uri: uri.clone(), source })?;
+        let mut options =
+            ClientOptions::parse(&config.uri).await.map_err(|source| SinkError::BadUri { uri: uri.clone(), source })?;
         options.app_name = Some("martstream".into());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
@@ -86,11 +85,9 @@ impl MongoSink {
                 .keys(keys)
                 .options(IndexOptions::builder().name(spec.name.to_owned()).unique(spec.unique.then_some(true)).build())
                 .build();
-            self.db
-                .collection::<Document>(spec.collection)
-                .create_index(model)
-                .await
-                .map_err(|source| SinkError::Index { collection: spec.collection.into(), name: spec.name.into(), source })?;
+            self.db.collection::<Document>(spec.collection).create_index(model).await.map_err(|source| {
+                SinkError::Index { collection: spec.collection.into(), name: spec.name.into(), source }
+            })?;
         }
         Ok(())
     }
@@ -117,7 +114,8 @@ impl MongoSink {
                 .await
                 .map_err(|e| fail(first_line(&e)))?;
             if let Ok(errors) = reply.get_array("writeErrors") {
-                let first = errors.first().and_then(Bson::as_document).and_then(|d| d.get_str("errmsg").ok()).unwrap_or("?");
+                let first =
+                    errors.first().and_then(Bson::as_document).and_then(|d| d.get_str("errmsg").ok()).unwrap_or("?");
                 return Err(fail(format!("{} of {} statements failed, first: {first}", errors.len(), chunk.len())));
             }
             if let Ok(wc) = reply.get_document("writeConcernError") {

@@ -2,9 +2,7 @@
 //! `martstream_<thing>_<unit>[_total]`; labels are bounded (reason, event type, collection,
 //! outcome), never a customer or product id.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::domain::RejectReason;
 
@@ -35,18 +33,41 @@ impl Metrics {
             m
         }
         let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).unwrap());
-        let counter_vec =
-            |name: &str, help: &str, labels: &[&str]| reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).unwrap());
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+        };
         let gauge = |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).unwrap());
 
         let m = Metrics {
             events_consumed: counter("martstream_events_consumed_total", "Messages read from the input topic."),
-            events_applied: counter_vec("martstream_events_applied_total", "Valid first-seen events applied to the state.", &["event_type"]),
-            events_duplicate: counter("martstream_events_duplicate_total", "Exact resends of an applied transaction_id, dropped."),
-            events_dlq: counter_vec("martstream_events_dlq_total", "Messages sent to the dead-letter topic, by reason.", &["reason"]),
-            refunds_unmatched: counter("martstream_refunds_unmatched_total", "Refunds applied whose original purchase was never seen."),
-            documents_written: counter_vec("martstream_documents_written_total", "View documents upserted into MongoDB.", &["collection"]),
-            flushes: counter_vec("martstream_flushes_total", "Flushes of changed documents to MongoDB, by outcome.", &["outcome"]),
+            events_applied: counter_vec(
+                "martstream_events_applied_total",
+                "Valid first-seen events applied to the state.",
+                &["event_type"],
+            ),
+            events_duplicate: counter(
+                "martstream_events_duplicate_total",
+                "Exact resends of an applied transaction_id, dropped.",
+            ),
+            events_dlq: counter_vec(
+                "martstream_events_dlq_total",
+                "Messages sent to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            refunds_unmatched: counter(
+                "martstream_refunds_unmatched_total",
+                "Refunds applied whose original purchase was never seen.",
+            ),
+            documents_written: counter_vec(
+                "martstream_documents_written_total",
+                "View documents upserted into MongoDB.",
+                &["collection"],
+            ),
+            flushes: counter_vec(
+                "martstream_flushes_total",
+                "Flushes of changed documents to MongoDB, by outcome.",
+                &["outcome"],
+            ),
             flush_duration: reg(
                 &registry,
                 Histogram::with_opts(
@@ -60,7 +81,10 @@ impl Metrics {
             ready: gauge("martstream_ready", "1 when /readyz answers ready."),
             customers: gauge("martstream_customers", "Customers held in the state."),
             dedup_entries: gauge("martstream_dedup_entries", "transaction_ids remembered for dedup."),
-            event_time_watermark: gauge("martstream_event_time_watermark_seconds", "Largest event time applied, Unix seconds."),
+            event_time_watermark: gauge(
+                "martstream_event_time_watermark_seconds",
+                "Largest event time applied, Unix seconds.",
+            ),
             registry,
         };
         // Expose every reason from the start, so a rate() over them works before the first one.

@@ -44,7 +44,12 @@ pub struct Scenario {
 impl Scenario {
     pub fn new(prefix: &str) -> Scenario {
         let base = fresh_name(prefix);
-        Scenario { topic: format!("{base}.tx"), dlq: format!("{base}.tx.dlq"), database: base.replace('.', "_"), extra: Vec::new() }
+        Scenario {
+            topic: format!("{base}.tx"),
+            dlq: format!("{base}.tx.dlq"),
+            database: base.replace('.', "_"),
+            extra: Vec::new(),
+        }
     }
 
     /// The flags that point `martstream` at this scenario and the local stack.
@@ -128,7 +133,16 @@ pub async fn mongo() -> mongodb::Client {
 
 pub async fn read_collection(database: &str, collection: &str) -> Vec<Document> {
     use futures::TryStreamExt;
-    mongo().await.database(database).collection::<Document>(collection).find(Document::new()).await.unwrap().try_collect().await.unwrap()
+    mongo()
+        .await
+        .database(database)
+        .collection::<Document>(collection)
+        .find(Document::new())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 /// A dead-lettered message: its headers and unchanged key and payload.
@@ -172,7 +186,11 @@ pub fn read_topic(topic: &str, expected: usize) -> Vec<DeadLetter> {
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push(DeadLetter { headers, key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec() });
+            out.push(DeadLetter {
+                headers,
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
         }
     }
     out

@@ -46,8 +46,11 @@ pub struct ExpectedRfm {
     pub segment: &'static str,
 }
 
+/// A segment rule: name and inclusive R, F, M score ranges.
+type Rule = (&'static str, [i64; 2], [i64; 2], [i64; 2]);
+
 /// SPEC §3 segment table, in its order.
-const SEGMENTS: [(&str, [i64; 2], [i64; 2], [i64; 2]); 8] = [
+const SEGMENTS: [Rule; 8] = [
     ("Champions", [4, 5], [4, 5], [4, 5]),
     ("Cannot Lose Them", [1, 2], [4, 5], [4, 5]),
     ("At Risk", [1, 2], [3, 5], [3, 5]),
@@ -83,7 +86,9 @@ pub fn rfm(events: &[Value], as_of: DateTime<Utc>, bins: bool) -> BTreeMap<Strin
         }
     }
     let day = |t: DateTime<Utc>| -> NaiveDate { t.date_naive() };
-    let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>, i64, i64, i64)> = acc
+    // (customer, first purchase, last purchase, recency, frequency, monetary cents)
+    type Row = (String, DateTime<Utc>, DateTime<Utc>, i64, i64, i64);
+    let rows: Vec<Row> = acc
         .into_iter()
         .filter(|(_, a)| !a.purchases.is_empty())
         .map(|(id, a)| {
@@ -149,9 +154,18 @@ fn millis(doc: &Document, key: &str) -> i64 {
 /// Compares the MongoDB documents with the expectation, field by field; `as_of` also checks
 /// `analysis_date` (the always-on service only rewrites documents whose content changed, so
 /// there it is the as_of of each document's last write).
-pub fn rfm_diff(docs: &[Document], expected: &BTreeMap<String, ExpectedRfm>, as_of: Option<DateTime<Utc>>) -> Result<(), String> {
+pub fn rfm_diff(
+    docs: &[Document],
+    expected: &BTreeMap<String, ExpectedRfm>,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<(), String> {
     macro_rules! ensure {
-        ($cond:expr, $($msg:tt)+) => { if !$cond { return Err(format!($($msg)+)); } };
+        ($cond:expr, $($msg:tt)+) => {
+            if $cond {
+            } else {
+                return Err(format!($($msg)+));
+            }
+        };
     }
     let mut got: BTreeMap<String, &Document> = BTreeMap::new();
     for d in docs {
@@ -169,13 +183,20 @@ pub fn rfm_diff(docs: &[Document], expected: &BTreeMap<String, ExpectedRfm>, as_
         ensure!(millis(d, "last_purchase_at") == e.last.timestamp_millis(), "last_purchase_at, {ctx}");
         ensure!(int(d, "recency") == e.recency, "recency {} expected, {ctx}", e.recency);
         ensure!(int(d, "frequency") == e.frequency, "frequency {} expected, {ctx}", e.frequency);
-        ensure!(d.get_f64("monetary") == Ok(e.monetary_cents as f64 / 100.0), "monetary {} expected, {ctx}", e.monetary_cents);
+        ensure!(
+            d.get_f64("monetary") == Ok(e.monetary_cents as f64 / 100.0),
+            "monetary {} expected, {ctx}",
+            e.monetary_cents
+        );
         let aov = d.get_f64("avg_order_value").map_err(|e| format!("avg_order_value: {e}, {ctx}"))?;
         let want = e.monetary_cents as f64 / 100.0 / e.frequency as f64;
         ensure!((aov - want).abs() <= 1e-9 * want.abs().max(1.0), "avg_order_value {aov} != {want}, {ctx}");
         let scores = [int(d, "r_score"), int(d, "f_score"), int(d, "m_score")];
         ensure!(scores == e.scores, "scores {:?} expected, {ctx}", e.scores);
-        ensure!(d.get_str("rfm_score") == Ok(format!("{}{}{}", e.scores[0], e.scores[1], e.scores[2]).as_str()), "rfm_score, {ctx}");
+        ensure!(
+            d.get_str("rfm_score") == Ok(format!("{}{}{}", e.scores[0], e.scores[1], e.scores[2]).as_str()),
+            "rfm_score, {ctx}"
+        );
         ensure!(d.get_str("rfm_segment") == Ok(e.segment), "rfm_segment {} expected, {ctx}", e.segment);
         if let Some(t) = as_of {
             ensure!(millis(d, "analysis_date") == t.timestamp_millis(), "analysis_date {t} expected, {ctx}");
