@@ -180,17 +180,17 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
     let shutdown = CancellationToken::new();
     install_signal_handlers(shutdown.clone());
 
+    let source = Source::connect(&config.kafka)?;
+    let sink = MongoSink::connect(&config.mongo).await?;
+    sink.prepare().await?;
+    health.set_mongo_ok(true);
+    let dlq = DeadLetters::new(&config.kafka)?;
     if serve_http && !config.service.http_listen.is_empty() {
         let (addr, _) =
             crate::http::serve(&config.service.http_listen, metrics.clone(), health.clone(), shutdown.child_token())
                 .await?;
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
-    let source = Source::connect(&config.kafka)?;
-    let sink = MongoSink::connect(&config.mongo).await?;
-    sink.prepare().await?;
-    health.set_mongo_ok(true);
-    let dlq = DeadLetters::new(&config.kafka)?;
 
     let end = source.watermarks()?.into_iter().map(|(p, (_, high))| (p, high)).collect();
     let positions = source.assign(&start).context("assigning partitions")?;

@@ -147,7 +147,7 @@ fn unsafe_kill(pid: i32, signal: i32) -> i32 {
 fn fails(args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_martstream"))
         .args(args)
-        .env("RUST_LOG", "off")
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -156,11 +156,16 @@ fn fails(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn failures_at_start_are_one_line_and_a_non_zero_exit() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--set", "kafka.brokrs=x", "check-config"], "kafka.brokrs"),
         (&["--config", "/nonexistent/martstream.toml", "run"], "does not exist"),
         (&["--set", "views.rfm.scoring=deciles", "check-config"], "views.rfm.scoring"),
         (&["--brokers", "127.0.0.1:1", "--set", "kafka.connect_timeout_ms=1500", "replay"], "cannot reach Kafka"),
+        (&["--brokers", "127.0.0.1:1", "--set", "kafka.connect_timeout_ms=1500", "run"], "cannot reach Kafka"),
+        (
+            &["--brokers", "127.0.0.1:1", "--set", "kafka.connect_timeout_ms=1500", "topics", "create"],
+            "cannot reach Kafka",
+        ),
         (
             &[
                 "--mongo-uri",

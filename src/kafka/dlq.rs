@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::context::LogContext;
 use super::{client_config, KafkaError};
 use crate::config::KafkaConfig;
 use crate::domain::Rejection;
@@ -20,7 +21,7 @@ pub struct SourcePosition<'a> {
 }
 
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<LogContext>,
     topic: String,
 }
 
@@ -28,7 +29,10 @@ impl DeadLetters {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
         let mut config = client_config(kafka);
         config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
-        Ok(DeadLetters { producer: config.create()?, topic: kafka.dlq_topic.clone() })
+        // Created after the source confirmed the broker: its problems are warnings at once.
+        let context = LogContext::default();
+        context.mark_started();
+        Ok(DeadLetters { producer: config.create_with_context(context)?, topic: kafka.dlq_topic.clone() })
     }
 
     pub fn topic(&self) -> &str {

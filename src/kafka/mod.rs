@@ -1,6 +1,7 @@
 //! Kafka adapters: the input source, the dead-letter producer and topic administration.
 //! Every client gets `bootstrap.servers` and the configured `librdkafka_options`.
 
+pub mod context;
 pub mod dlq;
 pub mod source;
 pub mod topics;

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::context::LogContext;
 use super::{client_config, KafkaError};
 use crate::config::KafkaConfig;
 
@@ -46,7 +47,7 @@ impl std::str::FromStr for StartAt {
 }
 
 pub struct Source {
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<LogContext>,
     pub topic: String,
     pub partitions: Vec<i32>,
     timeout: Duration,
@@ -63,7 +64,8 @@ impl Source {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer = config.create()?;
+        let context = LogContext::default();
+        let consumer: StreamConsumer<LogContext> = config.create_with_context(context.clone())?;
         let timeout = Duration::from_millis(kafka.connect_timeout_ms);
         let metadata = consumer.fetch_metadata(Some(&kafka.topic), timeout).map_err(|e| KafkaError::Unreachable {
             brokers: kafka.brokers.clone(),
@@ -79,6 +81,7 @@ impl Source {
         if partitions.is_empty() {
             return Err(KafkaError::NoSuchTopic(kafka.topic.clone()));
         }
+        context.mark_started();
         Ok(Source { consumer, topic: kafka.topic.clone(), partitions, timeout })
     }
 

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Deserialize;
 
+use super::context::LogContext;
 use super::{client_config, KafkaError};
 use crate::config::KafkaConfig;
 
@@ -61,7 +61,8 @@ pub enum Created {
 /// Creates every defined topic that does not exist yet.
 pub async fn create_all(kafka: &KafkaConfig) -> Result<Vec<Created>, KafkaError> {
     let defs = definitions(kafka)?;
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let context = LogContext::default();
+    let admin: AdminClient<LogContext> = client_config(kafka).create_with_context(context.clone())?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     // Fail fast, with one line, when the broker is not there.
     admin.inner().fetch_metadata(None, timeout).map_err(|e| KafkaError::Unreachable {
@@ -69,6 +70,7 @@ pub async fn create_all(kafka: &KafkaConfig) -> Result<Vec<Created>, KafkaError>
         timeout,
         reason: super::short_reason(&e),
     })?;
+    context.mark_started();
     let new_topics: Vec<NewTopic<'_>> = defs
         .iter()
         .map(|(name, def)| {

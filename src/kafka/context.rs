@@ -1,0 +1,56 @@
+//! The librdkafka client context of every martstream client: librdkafka's own logs and
+//! errors go through `tracing`. Until start-up has confirmed the broker they are debug
+//! lines (the start-up error says it in one line); afterwards warnings, with an identical
+//! message repeated within 30 s suppressed, so an outage is visible without flooding.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+
+const REPEAT_WINDOW: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Default)]
+pub struct LogContext {
+    started: Arc<AtomicBool>,
+    last: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl LogContext {
+    /// From now on librdkafka's problems are warnings.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    fn report(&self, serious: bool, message: String) {
+        if !self.started.load(Ordering::Relaxed) || !serious {
+            tracing::debug!(target: "librdkafka", "{message}");
+            return;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((previous, at)) = last.as_ref() {
+            if *previous == message && at.elapsed() < REPEAT_WINDOW {
+                return;
+            }
+        }
+        tracing::warn!(target: "librdkafka", "{message}");
+        *last = Some((message, Instant::now()));
+    }
+}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let serious = (level as i32) <= (RDKafkaLogLevel::Warning as i32);
+        self.report(serious, format!("{fac}: {log_message}"));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report(true, format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for LogContext {}
