@@ -50,6 +50,11 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
     let docs = s.collection("customer_rfm_analysis").await;
     recompute::assert_rfm_equal(&docs, &expected, as_of);
 
+    let products = s.collection("product_performance").await;
+    recompute::products_diff(&products, &recompute::products(&applied, as_of), Some(as_of)).unwrap();
+    let trends = s.collection("sales_trends").await;
+    recompute::trends_diff(&trends, &recompute::trends(&applied, as_of)).unwrap();
+
     // The dead-letter topic: every rejected message once, unchanged, with reason and origin.
     let rejected: Vec<&loadtest::Message> =
         messages.iter().filter(|m| matches!(m.label, Label::Malformed(_) | Label::Conflicting)).collect();

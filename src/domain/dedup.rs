@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::event::EventKind;
@@ -49,11 +48,6 @@ pub struct DedupIndex {
     lane_newest: HashMap<u16, i32>,
     /// The newest event date over all lanes at the last sweep.
     swept_at: i32,
-}
-
-/// Days since 1970-01-01 of a date.
-pub fn epoch_day(date: NaiveDate) -> i32 {
-    (date - NaiveDate::default()).num_days() as i32
 }
 
 fn key(transaction_id: &str) -> u128 {

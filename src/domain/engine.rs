@@ -6,10 +6,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::calendar::epoch_day;
 use super::decode::Decoded;
-use super::dedup::{epoch_day, Arrival, DedupIndex, Seen};
+use super::dedup::{Arrival, DedupIndex, Seen};
 use super::event::EventKind;
+use super::product::{ProductChanges, ProductConfig, ProductState};
 use super::rfm::{RfmConfig, RfmDoc, RfmState};
+use super::trends::{TrendChanges, TrendConfig, TrendState};
 
 /// The view settings of `[views]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,11 +21,18 @@ pub struct ViewConfig {
     /// How long (in days of event time) a `transaction_id` is remembered for dedup.
     pub dedup_horizon_days: u32,
     pub rfm: RfmConfig,
+    pub products: ProductConfig,
+    pub trends: TrendConfig,
 }
 
 impl Default for ViewConfig {
     fn default() -> Self {
-        ViewConfig { dedup_horizon_days: 35, rfm: RfmConfig::default() }
+        ViewConfig {
+            dedup_horizon_days: 35,
+            rfm: RfmConfig::default(),
+            products: ProductConfig::default(),
+            trends: TrendConfig::default(),
+        }
     }
 }
 
@@ -41,11 +51,17 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ViewChanges {
     pub rfm: Vec<RfmDoc>,
+    pub products: ProductChanges,
+    pub trends: TrendChanges,
 }
 
 impl ViewChanges {
     pub fn is_empty(&self) -> bool {
         self.rfm.is_empty()
+            && self.products.upserts.is_empty()
+            && self.products.deletes.is_empty()
+            && self.trends.upserts.is_empty()
+            && self.trends.deletes.is_empty()
     }
 }
 
@@ -53,12 +69,20 @@ impl ViewChanges {
 pub struct Engine {
     dedup: DedupIndex,
     rfm: RfmState,
+    products: ProductState,
+    trends: TrendState,
     watermark: Option<DateTime<Utc>>,
 }
 
 impl Engine {
     pub fn new(config: ViewConfig) -> Self {
-        Engine { dedup: DedupIndex::new(config.dedup_horizon_days), rfm: RfmState::new(config.rfm), watermark: None }
+        Engine {
+            dedup: DedupIndex::new(config.dedup_horizon_days),
+            rfm: RfmState::new(config.rfm),
+            products: ProductState::new(config.products),
+            trends: TrendState::new(config.trends),
+            watermark: None,
+        }
     }
 
     /// The largest event time among applied events: `as_of` under `clock = "event"`.
@@ -68,6 +92,14 @@ impl Engine {
 
     pub fn rfm(&self) -> &RfmState {
         &self.rfm
+    }
+
+    pub fn products(&self) -> &ProductState {
+        &self.products
+    }
+
+    pub fn trends(&self) -> &TrendState {
+        &self.trends
     }
 
     pub fn dedup_len(&self) -> usize {
@@ -97,13 +129,19 @@ impl Engine {
         let day = epoch_day(tx.date());
         self.dedup.record(&tx.transaction_id, Seen { fingerprint: event.fingerprint, day, lane, kind: tx.kind });
         self.rfm.apply(tx);
+        self.products.apply(tx);
+        self.trends.apply(tx);
         self.watermark = Some(self.watermark.map_or(tx.timestamp, |w| w.max(tx.timestamp)));
         Outcome::Applied { orphan_refund }
     }
 
     /// Changed documents as of `as_of` (every document with `full`).
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
-        ViewChanges { rfm: self.rfm.flush(as_of, full) }
+        ViewChanges {
+            rfm: self.rfm.flush(as_of, full),
+            products: self.products.flush(as_of, full),
+            trends: self.trends.flush(as_of, full),
+        }
     }
 }
 
@@ -116,26 +154,68 @@ mod tests {
 
     use super::*;
     use crate::domain::batch;
+    use crate::domain::product::ProductDoc;
     use crate::domain::rfm::Scoring;
     use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+    use crate::domain::trends::TrendDoc;
     use crate::domain::Transaction;
 
-    /// Runs the arrivals through the engine, upserting every flushed document into a map as
-    /// the MongoDB sink would, and returns the map, the accepted events and the last as_of.
+    /// The views as MongoDB would hold them after the sink applied every flush.
+    #[derive(Debug, Default, Clone, PartialEq)]
+    struct Views {
+        rfm: BTreeMap<String, RfmDoc>,
+        products: BTreeMap<String, ProductDoc>,
+        trends: BTreeMap<String, TrendDoc>,
+    }
+
+    impl Views {
+        fn apply(&mut self, c: ViewChanges) {
+            for d in c.rfm {
+                self.rfm.insert(d.customer_id.clone(), d);
+            }
+            for id in c.products.deletes {
+                assert!(self.products.remove(&id).is_some(), "deleting {id}, never written");
+            }
+            for d in c.products.upserts {
+                self.products.insert(d.product_id.clone(), d);
+            }
+            for id in c.trends.deletes {
+                assert!(self.trends.remove(&id).is_some(), "deleting {id}, never written");
+            }
+            for d in c.trends.upserts {
+                self.trends.insert(d.id(), d);
+            }
+        }
+
+        /// The same documents with every analysis_date set to `t`.
+        fn dated(&self, t: DateTime<Utc>) -> Views {
+            let mut v = self.clone();
+            v.rfm.values_mut().for_each(|d| d.analysis_date = t);
+            v.products.values_mut().for_each(|d| d.analysis_date = t);
+            v.trends.values_mut().for_each(|d| d.analysis_date = t);
+            v
+        }
+    }
+
+    /// Runs the arrivals through the engine, flushing where the stream says (at as_of =
+    /// watermark + hours; never backwards when `monotone`), and returns the views built
+    /// from the incremental flushes, the accepted events and the last as_of. Checks on the
+    /// way that the incremental views equal a full flush (analysis_date aside).
     fn run(
         config: &ViewConfig,
         arrivals: &[Arrival],
         final_hours: i16,
-    ) -> (BTreeMap<String, RfmDoc>, Vec<Transaction>, DateTime<Utc>) {
+        monotone: bool,
+    ) -> (Views, Vec<Transaction>, DateTime<Utc>) {
         let mut engine = Engine::new(config.clone());
-        let mut view = BTreeMap::new();
+        let mut views = Views::default();
         let mut accepted = Vec::new();
-        let as_of =
-            |engine: &Engine, hours: i16| engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into());
-        let mut upsert = |changes: ViewChanges| {
-            for doc in changes.rfm {
-                view.insert(doc.customer_id.clone(), doc);
-            }
+        let mut last_as_of: Option<DateTime<Utc>> = None;
+        let mut as_of = |engine: &Engine, hours: i16| {
+            let t = engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into());
+            let t = if monotone { last_as_of.map_or(t, |l| l.max(t)) } else { t };
+            last_as_of = Some(t);
+            t
         };
         for arrival in arrivals {
             match arrival {
@@ -143,31 +223,49 @@ mod tests {
                     Outcome::Conflicting => {}
                     _ => accepted.push(d.tx.clone()),
                 },
-                Arrival::Flush(hours) => upsert(engine.flush(as_of(&engine, *hours), false)),
+                Arrival::Flush(hours) => views.apply(engine.flush(as_of(&engine, *hours), false)),
             }
         }
         let last = as_of(&engine, final_hours);
-        upsert(engine.flush(last, false));
-        // A full flush rewrites everything with the final as_of.
-        let full: BTreeMap<_, _> =
-            engine.flush(last, true).rfm.into_iter().map(|d| (d.customer_id.clone(), d)).collect();
-        assert_eq!(full.len(), view.len());
-        for (id, doc) in &full {
-            let mut incremental = view[id].clone();
-            incremental.analysis_date = doc.analysis_date;
-            assert_eq!(&incremental, doc, "incremental and full flush disagree for {id}");
+        views.apply(engine.flush(last, false));
+        let mut full = Views::default();
+        full.apply(engine.flush(last, true));
+        let incremental = views.dated(last);
+        assert_eq!(incremental.rfm, full.rfm, "customer_rfm_analysis: incremental != full flush");
+        if monotone {
+            assert_eq!(incremental.products, full.products, "product_performance: incremental != full flush");
+            assert_eq!(incremental.trends, full.trends, "sales_trends: incremental != full flush");
         }
         (full, accepted, last)
     }
 
-    fn check(scoring: Scoring, arrivals: &[Arrival], final_hours: i16) -> Result<(), TestCaseError> {
+    fn config(scoring: Scoring) -> ViewConfig {
         // The oracle remembers every id; the engine only within the dedup horizon.
         let mut config = ViewConfig { dedup_horizon_days: 1000, ..ViewConfig::default() };
         config.rfm.scoring = scoring;
-        let (view, accepted, as_of) = run(&config, arrivals, final_hours);
+        config
+    }
+
+    fn check(scoring: Scoring, arrivals: &[Arrival], final_hours: i16) -> Result<(), TestCaseError> {
+        let config = config(scoring);
+        let (views, accepted, as_of) = run(&config, arrivals, final_hours, false);
         let expected = batch::rfm(&batch::first_arrivals(&accepted), as_of, &config.rfm);
-        let got: Vec<RfmDoc> = view.into_values().collect();
+        let got: Vec<RfmDoc> = views.rfm.into_values().collect();
         prop_assert_eq!(got, expected);
+        Ok(())
+    }
+
+    fn check_all(arrivals: &[Arrival], final_hours: i16, config: &ViewConfig) -> Result<(), TestCaseError> {
+        let (views, accepted, as_of) = run(config, arrivals, final_hours, true);
+        let events = batch::first_arrivals(&accepted);
+        prop_assert_eq!(views.rfm.into_values().collect::<Vec<_>>(), batch::rfm(&events, as_of, &config.rfm));
+        prop_assert_eq!(
+            views.products.into_values().collect::<Vec<_>>(),
+            batch::products(&events, as_of, &config.products)
+        );
+        let mut want = batch::trends(&events, as_of, &config.trends);
+        want.sort_by_key(TrendDoc::id);
+        prop_assert_eq!(views.trends.into_values().collect::<Vec<_>>(), want);
         Ok(())
     }
 
@@ -181,6 +279,22 @@ mod tests {
         #[test]
         fn rfm_bins_equal_a_batch_recompute(steps in steps(80, 400), final_hours in -48i16..72) {
             check(Scoring::Bins, &arrivals(&steps), final_hours)?;
+        }
+
+        /// Every view, over spans that cross windows, ISO weeks, months and a year end.
+        #[test]
+        fn all_views_equal_a_batch_recompute(steps in steps(150, 150), final_hours in 0i16..72) {
+            check_all(&arrivals(&steps), final_hours, &config(Scoring::Quintile))?;
+        }
+
+        /// Small windows and retentions, so that sliding and eviction happen constantly.
+        #[test]
+        fn short_windows_equal_a_batch_recompute(steps in steps(150, 40), final_hours in 0i16..72) {
+            let mut config = config(Scoring::Quintile);
+            config.products.window_days = 3;
+            config.products.rising_star_revenue_per_day = 50.0;
+            config.trends = TrendConfig { daily_days: 4, weekly_weeks: 2, monthly_months: 2 };
+            check_all(&arrivals(&steps), final_hours, &config)?;
         }
     }
 

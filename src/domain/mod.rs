@@ -6,21 +6,27 @@
 //! - [`decode`]: bytes → [`event::Transaction`] or a dead-letter [`decode::Rejection`].
 //! - [`dedup`]: which `transaction_id`s were applied, within the dedup horizon.
 //! - [`ranked`]: the order-statistic set behind tie-aware quintiles.
+//! - [`calendar`]: day numbers, ISO weeks, months, date and time keys.
 //! - [`rfm`]: per-customer RFM state and the `customer_rfm_analysis` documents.
+//! - [`product`]: per-product day buckets over the sliding window, `product_performance`.
+//! - [`trends`]: daily / ISO-weekly / monthly buckets, `sales_trends`.
 //! - [`engine`]: all of the above behind `apply(event)` and `flush(as_of)`.
 //! - [`batch`]: a straightforward full recompute of every view, the oracle the incremental
 //!   engine is tested against (and the baseline it is benchmarked against).
 
 pub mod batch;
+pub mod calendar;
 pub mod decode;
 pub mod dedup;
 pub mod engine;
 pub mod event;
 pub mod money;
+pub mod product;
 pub mod ranked;
 pub mod rfm;
 #[cfg(test)]
 mod testgen;
+pub mod trends;
 
 pub use decode::{decode, Decoded, RejectReason, Rejection};
 pub use engine::{Engine, Outcome, ViewChanges, ViewConfig};

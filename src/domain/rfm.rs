@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::dedup::epoch_day;
+use super::calendar::epoch_day;
 use super::event::{EventKind, Transaction};
 use super::money::Cents;
 use super::ranked::RankedSet;

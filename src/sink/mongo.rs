@@ -10,7 +10,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 
-use super::documents::{self, CUSTOMER_RFM, INDEXES};
+use super::documents::{self, CUSTOMER_RFM, INDEXES, PRODUCT_PERFORMANCE, SALES_TRENDS};
 use crate::config::{redact_uri, MongoConfig};
 use crate::domain::ViewChanges;
 
@@ -95,8 +95,35 @@ impl MongoSink {
     /// Writes every changed document of one flush.
     pub async fn write(&self, changes: &ViewChanges, written_at: DateTime<Utc>) -> Result<WriteStats, SinkError> {
         let rfm: Vec<(Bson, Document)> = changes.rfm.iter().map(|d| documents::rfm(d, written_at)).collect();
-        let n = self.upsert(CUSTOMER_RFM, rfm).await?;
-        Ok(WriteStats { per_collection: vec![(CUSTOMER_RFM, n)] })
+        let products: Vec<(Bson, Document)> =
+            changes.products.upserts.iter().map(|d| documents::product(d, written_at)).collect();
+        let trends: Vec<(Bson, Document)> =
+            changes.trends.upserts.iter().map(|d| documents::trend(d, written_at)).collect();
+        let mut stats = WriteStats::default();
+        stats.per_collection.push((CUSTOMER_RFM, self.upsert(CUSTOMER_RFM, rfm).await?));
+        let n = self.delete(PRODUCT_PERFORMANCE, &changes.products.deletes).await?
+            + self.upsert(PRODUCT_PERFORMANCE, products).await?;
+        stats.per_collection.push((PRODUCT_PERFORMANCE, n));
+        let n = self.delete(SALES_TRENDS, &changes.trends.deletes).await? + self.upsert(SALES_TRENDS, trends).await?;
+        stats.per_collection.push((SALES_TRENDS, n));
+        Ok(stats)
+    }
+
+    /// Deletes documents by `_id` (idempotent: deleting what is gone is fine).
+    pub async fn delete(&self, collection: &str, ids: &[String]) -> Result<usize, SinkError> {
+        let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
+        for chunk in ids.chunks(self.batch_size) {
+            let deletes: Vec<Document> = chunk.iter().map(|id| doc! { "q": { "_id": id }, "limit": 1 }).collect();
+            let reply = self
+                .db
+                .run_command(doc! { "delete": collection, "deletes": deletes, "ordered": false })
+                .await
+                .map_err(|e| fail(first_line(&e)))?;
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                return Err(fail(format!("{} deletes failed", errors.len())));
+            }
+        }
+        Ok(ids.len())
     }
 
     /// Replaces (or inserts) each document by `_id`, in batched unordered `update` commands.

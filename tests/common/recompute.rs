@@ -211,3 +211,249 @@ pub fn assert_rfm_equal(docs: &[Document], expected: &BTreeMap<String, ExpectedR
         panic!("customer_rfm_analysis differs from the recompute: {e}");
     }
 }
+
+/// The amount of one line: quantity × unit_price − discount, cents.
+fn line_cents(item: &Value) -> i64 {
+    item["quantity"].as_i64().unwrap() * cents(&item["unit_price"])
+        - item.get("discount").filter(|d| !d.is_null()).map_or(0, cents)
+}
+
+fn approx(got: Option<f64>, want: Option<f64>) -> bool {
+    match (got, want) {
+        (None, None) => true,
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+        _ => false,
+    }
+}
+
+fn opt_f64(doc: &Document, key: &str) -> Option<f64> {
+    match doc.get(key) {
+        Some(Bson::Double(x)) => Some(*x),
+        Some(Bson::Null) | None => None,
+        other => panic!("{key} is not a double or null: {other:?}"),
+    }
+}
+
+/// One expected `product_performance` document: (name, category, units, orders, revenue
+/// cents, days_sold, rank).
+pub type ExpectedProduct = (String, String, i64, i64, i64, i64, i64);
+
+/// `product_performance` per SPEC §4 (window 30 days, rising star above 1000/day), keyed by
+/// product_id.
+pub fn products(events: &[Value], as_of: DateTime<Utc>) -> BTreeMap<String, ExpectedProduct> {
+    let last = as_of.date_naive();
+    let first = last - chrono::Duration::days(29);
+    #[derive(Default)]
+    struct Acc {
+        name: Option<(DateTime<Utc>, usize, String)>,
+        category: Option<(DateTime<Utc>, usize, String)>,
+        seen: bool,
+        units: i64,
+        revenue: i64,
+        orders: HashSet<String>,
+        days: HashSet<NaiveDate>,
+    }
+    let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
+    for (n, e) in events.iter().enumerate() {
+        let t = time(e);
+        let refund = e["event_type"] == "refund";
+        for item in e["items"].as_array().unwrap() {
+            let a = acc.entry(item["product_id"].as_str().unwrap().to_owned()).or_default();
+            for (slot, key) in [(&mut a.name, "product_name"), (&mut a.category, "category")] {
+                if let Some(v) = item.get(key).and_then(Value::as_str) {
+                    if slot.as_ref().is_none_or(|(st, sn, _)| (t, n) >= (*st, *sn)) {
+                        *slot = Some((t, n, v.to_owned()));
+                    }
+                }
+            }
+            let d = t.date_naive();
+            if d < first || d > last {
+                continue;
+            }
+            a.seen = true;
+            let (q, amount) = (item["quantity"].as_i64().unwrap(), line_cents(item));
+            if refund {
+                a.units -= q;
+                a.revenue -= amount;
+            } else {
+                a.units += q;
+                a.revenue += amount;
+                a.orders.insert(e["transaction_id"].as_str().unwrap().to_owned());
+                a.days.insert(d);
+            }
+        }
+    }
+    let mut rows: Vec<(String, String, String, i64, i64, i64, i64)> = acc // (id, name, category, units, orders, revenue, days)
+        .into_iter()
+        .filter(|(_, a)| a.seen)
+        .map(|(id, a)| {
+            let category = a.category.map_or("Uncategorized".to_owned(), |c| c.2);
+            (
+                id,
+                a.name.map(|n| n.2).unwrap_or_default(),
+                category,
+                a.units,
+                a.orders.len() as i64,
+                a.revenue,
+                a.days.len() as i64,
+            )
+        })
+        .collect();
+    rows.sort_by(|x, y| (&x.2, std::cmp::Reverse(x.5), &x.0).cmp(&(&y.2, std::cmp::Reverse(y.5), &y.0)));
+    let mut out = BTreeMap::new();
+    let mut rank = 0;
+    let mut prev_category = String::new();
+    for (id, name, category, units, orders, revenue, days) in rows {
+        rank = if category == prev_category { rank + 1 } else { 1 };
+        prev_category = category.clone();
+        out.insert(id, (name, category, units, orders, revenue, days, rank));
+    }
+    out
+}
+
+pub fn products_diff(
+    docs: &[Document],
+    expected: &BTreeMap<String, ExpectedProduct>,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<(), String> {
+    let got: BTreeMap<String, &Document> =
+        docs.iter().map(|d| (d.get_str("product_id").unwrap().to_owned(), d)).collect();
+    if got.len() != expected.len() || !got.keys().eq(expected.keys()) {
+        return Err(format!("{} documents for {} expected products", got.len(), expected.len()));
+    }
+    for (id, (name, category, units, orders, revenue, days, rank)) in expected {
+        let d = got[id];
+        let ctx = format!("product {id}: {d}");
+        let fields_ok = d.get_str("_id") == Ok(id.as_str())
+            && d.get_str("product_name") == Ok(name.as_str())
+            && d.get_str("category") == Ok(category.as_str())
+            && int(d, "units_sold") == *units
+            && int(d, "order_count") == *orders
+            && d.get_f64("total_revenue") == Ok(*revenue as f64 / 100.0)
+            && int(d, "days_sold") == *days
+            && int(d, "rank_in_category") == *rank
+            && int(d, "analysis_period_days") == 30;
+        if !fields_ok {
+            return Err(format!("fields differ from (units {units}, orders {orders}, revenue {revenue}, days {days}, rank {rank}); {ctx}"));
+        }
+        let revenue_units = *revenue as f64 / 100.0;
+        let per_day = (*days > 0).then(|| revenue_units / *days as f64);
+        let rising = per_day.is_some_and(|r| r > 1000.0);
+        let derived_ok = approx(opt_f64(d, "avg_price"), (*units > 0).then(|| revenue_units / *units as f64))
+            && approx(opt_f64(d, "revenue_per_day"), per_day)
+            && approx(d.get_f64("performance_score").ok(), Some(revenue_units / 1000.0 + *units as f64 / 10.0))
+            && d.get_bool("is_rising_star") == Ok(rising)
+            && (if rising {
+                d.get_str("trend_type") == Ok("rising_star")
+            } else {
+                d.get("trend_type") == Some(&Bson::Null)
+            });
+        if !derived_ok {
+            return Err(format!("derived fields differ; {ctx}"));
+        }
+        if let Some(t) = as_of {
+            if millis(d, "analysis_date") != t.timestamp_millis() {
+                return Err(format!("analysis_date; {ctx}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One expected `sales_trends` document: (purchases, purchase cents, refunds, refund cents)
+/// and, for daily ones, (7-day revenue sum, 7-day purchases, previous day revenue).
+pub type ExpectedTrend = ((i64, i64, i64, i64), Option<(i64, i64, Option<i64>)>);
+
+/// `sales_trends` per SPEC §5 (90 days, 12 ISO weeks, 12 months), keyed by `type:date`.
+pub fn trends(events: &[Value], as_of: DateTime<Utc>) -> BTreeMap<String, ExpectedTrend> {
+    use chrono::Datelike;
+    let mut buckets: BTreeMap<(&str, NaiveDate), (i64, i64, i64, i64)> = BTreeMap::new();
+    for e in events {
+        let d = time(e).date_naive();
+        let monday = d - chrono::Duration::days(d.weekday().num_days_from_monday() as i64);
+        let month = NaiveDate::from_ymd_opt(d.year(), d.month(), 1).unwrap();
+        for key in [("daily", d), ("weekly", monday), ("monthly", month)] {
+            let b = buckets.entry(key).or_default();
+            if e["event_type"] == "refund" {
+                b.2 += 1;
+                b.3 += cents(&e["total_amount"]);
+            } else {
+                b.0 += 1;
+                b.1 += cents(&e["total_amount"]);
+            }
+        }
+    }
+    let today = as_of.date_naive();
+    let monday = today - chrono::Duration::days(today.weekday().num_days_from_monday() as i64);
+    let month = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap();
+    let months_back = |n: i32| {
+        let m = today.year() * 12 + today.month0() as i32 - n;
+        NaiveDate::from_ymd_opt(m.div_euclid(12), m.rem_euclid(12) as u32 + 1, 1).unwrap()
+    };
+    let net = |d: NaiveDate| buckets.get(&("daily", d)).map(|b| b.1 - b.3);
+    let mut out = BTreeMap::new();
+    for (&(kind, d), &b) in &buckets {
+        let retained = match kind {
+            "daily" => d <= today && d > today - chrono::Duration::days(90),
+            "weekly" => d <= monday && d > monday - chrono::Duration::weeks(12),
+            _ => d <= month && d >= months_back(11),
+        };
+        if !retained {
+            continue;
+        }
+        let daily = (kind == "daily").then(|| {
+            let days: Vec<NaiveDate> = (0..7).map(|k| d - chrono::Duration::days(k)).collect();
+            let revenue: i64 = days.iter().map(|&x| net(x).unwrap_or(0)).sum();
+            let count: i64 = days.iter().map(|&x| buckets.get(&("daily", x)).map_or(0, |b| b.0)).sum();
+            (revenue, count, net(d - chrono::Duration::days(1)))
+        });
+        out.insert(format!("{kind}:{d}"), (b, daily));
+    }
+    out
+}
+
+pub fn trends_diff(docs: &[Document], expected: &BTreeMap<String, ExpectedTrend>) -> Result<(), String> {
+    use chrono::Datelike;
+    let got: BTreeMap<String, &Document> = docs.iter().map(|d| (d.get_str("_id").unwrap().to_owned(), d)).collect();
+    if !got.keys().eq(expected.keys()) {
+        let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(3).collect();
+        let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).take(3).collect();
+        return Err(format!("documents differ: missing {missing:?}, unexpected {extra:?}"));
+    }
+    for (id, ((purchases, bought, refunds, refunded), daily)) in expected {
+        let d = got[id];
+        let (kind, date) = id.split_once(':').unwrap();
+        let ctx = format!("{id}: {d}");
+        let net = (bought - refunded) as f64 / 100.0;
+        let mut ok = d.get_str("trend_type") == Ok(kind)
+            && d.get_str("date") == Ok(date)
+            && int(d, "transaction_count") == *purchases
+            && d.get_f64("total_revenue") == Ok(net)
+            && approx(
+                opt_f64(d, "avg_transaction_value"),
+                (*purchases > 0).then(|| *bought as f64 / 100.0 / *purchases as f64),
+            )
+            && int(d, "refund_count") == *refunds
+            && d.get_f64("refund_amount") == Ok(*refunded as f64 / 100.0);
+        let day: NaiveDate = date.parse().unwrap();
+        ok &= match kind {
+            "weekly" => {
+                int(d, "year") == day.iso_week().year() as i64 && int(d, "week") == day.iso_week().week() as i64
+            }
+            "monthly" => int(d, "year") == day.year() as i64 && int(d, "month") == day.month() as i64,
+            _ => true,
+        };
+        if let Some((revenue7, count7, prev)) = daily {
+            let prev_units = prev.map(|p| p as f64 / 100.0);
+            let growth = prev.filter(|p| *p != 0).map(|p| ((bought - refunded) - p) as f64 / p as f64 * 100.0);
+            ok &= approx(opt_f64(d, "revenue_7day_ma"), Some(*revenue7 as f64 / 100.0 / 7.0))
+                && approx(opt_f64(d, "transactions_7day_ma"), Some(*count7 as f64 / 7.0))
+                && approx(opt_f64(d, "prev_day_revenue"), prev_units)
+                && approx(opt_f64(d, "revenue_growth_pct"), growth);
+        }
+        if !ok {
+            return Err(format!("fields differ from {:?}; {ctx}", expected[id]));
+        }
+    }
+    Ok(())
+}

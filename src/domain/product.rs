@@ -1,0 +1,352 @@
+//! Per-product day buckets over a sliding window and the `product_performance` view
+//! (SPEC §4), kept incrementally.
+//!
+//! Each product keeps one bucket per event date from the window's first date on (net units,
+//! net revenue, purchases containing it, purchase lines) and its latest attributes. A flush
+//! recomputes only the dirty products (events since the last flush, or every product with
+//! buckets when the date of `as_of` moved and the window slid), re-ranks only the categories
+//! in which a revenue or membership changed by walking that category's ordered set, and
+//! emits the documents whose content or rank changed, plus deletions for products that
+//! left the window. Buckets older than the window are dropped, so memory follows the
+//! window, not the history. `as_of` is expected not to move backwards within one run (it
+//! does not under the wall and event clocks, and a fixed `as_of` is constant).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use super::calendar::epoch_day;
+use super::event::{EventKind, Transaction, UNCATEGORIZED};
+use super::money::Cents;
+
+/// The product settings of `[views.products]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProductConfig {
+    /// Calendar dates in the window, ending on the date of `as_of`.
+    pub window_days: u32,
+    /// `is_rising_star` when revenue per day is strictly above this (currency units).
+    pub rising_star_revenue_per_day: f64,
+}
+
+impl Default for ProductConfig {
+    fn default() -> Self {
+        ProductConfig { window_days: 30, rising_star_revenue_per_day: 1000.0 }
+    }
+}
+
+/// One document of `product_performance` (money in cents).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductDoc {
+    pub product_id: String,
+    pub product_name: Option<String>,
+    pub category: String,
+    pub units_sold: i64,
+    pub order_count: i64,
+    pub total_revenue_cents: Cents,
+    pub days_sold: i64,
+    pub rank_in_category: i64,
+    pub is_rising_star: bool,
+    pub analysis_period_days: i64,
+    pub analysis_date: DateTime<Utc>,
+}
+
+impl ProductDoc {
+    /// total_revenue / units_sold, null when units_sold ≤ 0.
+    pub fn avg_price(&self) -> Option<f64> {
+        (self.units_sold > 0).then(|| self.total_revenue_cents as f64 / self.units_sold as f64 / 100.0)
+    }
+
+    /// total_revenue / days_sold, null when days_sold is 0.
+    pub fn revenue_per_day(&self) -> Option<f64> {
+        super::money::per(self.total_revenue_cents, self.days_sold)
+    }
+
+    /// total_revenue / 1000 + units_sold / 10.
+    pub fn performance_score(&self) -> f64 {
+        self.total_revenue_cents as f64 / 100_000.0 + self.units_sold as f64 / 10.0
+    }
+
+    pub fn trend_type(&self) -> Option<&'static str> {
+        self.is_rising_star.then_some("rising_star")
+    }
+}
+
+/// `revenue_per_day > threshold`, decided on exact cents.
+pub fn is_rising_star(revenue_cents: Cents, days_sold: i64, threshold_units: f64) -> bool {
+    days_sold > 0 && revenue_cents as i128 > (threshold_units * 100.0).round() as i128 * days_sold as i128
+}
+
+/// What changed in the view: documents to write and product ids to delete.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProductChanges {
+    pub upserts: Vec<ProductDoc>,
+    pub deletes: Vec<String>,
+}
+
+/// The latest value of an attribute and when it was carried: (event time, arrival number).
+type Stamped = Option<((DateTime<Utc>, u64), String)>;
+
+fn take_latest(slot: &mut Stamped, stamp: (DateTime<Utc>, u64), value: &Option<String>) -> bool {
+    match value {
+        Some(v) if slot.as_ref().is_none_or(|(s, _)| stamp >= *s) => {
+            let changed = slot.as_ref().is_none_or(|(_, old)| old != v);
+            *slot = Some((stamp, v.clone()));
+            changed
+        }
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bucket {
+    units: i64,
+    revenue: Cents,
+    orders: i64,
+    purchase_lines: i64,
+}
+
+/// What the state holds for one product.
+#[derive(Debug, Clone, Default)]
+pub struct Product {
+    pub name: Stamped,
+    pub category: Stamped,
+    pub subcategory: Stamped,
+    pub brand: Stamped,
+    days: BTreeMap<i32, Bucket>,
+    dirty: bool,
+    /// In the view as of the last flush: (category, revenue, rank).
+    shown: Option<(String, Cents, i64)>,
+}
+
+impl Product {
+    pub fn category_or_default(&self) -> &str {
+        self.category.as_ref().map_or(UNCATEGORIZED, |(_, c)| c.as_str())
+    }
+}
+
+/// A product's place in its category: revenue descending, then product id.
+type RankKey = (Reverse<Cents>, Box<str>);
+
+#[derive(Debug, Clone)]
+pub struct ProductState {
+    config: ProductConfig,
+    products: IndexMap<Box<str>, Product>,
+    dirty: Vec<u32>,
+    arrivals: u64,
+    /// The first date of the window at the last flush: older buckets are not kept.
+    floor: Option<i32>,
+    last_as_of_day: Option<i32>,
+    /// Products in the view per category, ordered by revenue descending then product id.
+    ranking: HashMap<String, BTreeSet<RankKey>>,
+    /// Event lines dated before the window when they arrived.
+    late_lines: u64,
+}
+
+impl ProductState {
+    pub fn new(config: ProductConfig) -> Self {
+        ProductState {
+            config,
+            products: IndexMap::new(),
+            dirty: Vec::new(),
+            arrivals: 0,
+            floor: None,
+            last_as_of_day: None,
+            ranking: HashMap::new(),
+            late_lines: 0,
+        }
+    }
+
+    pub fn product(&self, id: &str) -> Option<&Product> {
+        self.products.get(id)
+    }
+
+    pub fn product_count(&self) -> usize {
+        self.products.len()
+    }
+
+    /// Lines that arrived dated before the window: they updated the product's attributes
+    /// but no bucket.
+    pub fn late_lines(&self) -> u64 {
+        self.late_lines
+    }
+
+    pub fn apply(&mut self, tx: &Transaction) {
+        self.arrivals += 1;
+        let stamp = (tx.timestamp, self.arrivals);
+        let day = epoch_day(tx.date());
+        let in_window = self.floor.is_none_or(|f| day >= f);
+        let mut counted: Vec<&str> = Vec::new();
+        for line in &tx.items {
+            let entry = self.products.entry(line.product_id.as_str().into());
+            let idx = entry.index() as u32;
+            let p = entry.or_default();
+            let mut changed = take_latest(&mut p.name, stamp, &line.product_name);
+            changed |= take_latest(&mut p.category, stamp, &line.category);
+            take_latest(&mut p.subcategory, stamp, &line.subcategory);
+            take_latest(&mut p.brand, stamp, &line.brand);
+            if in_window {
+                let b = p.days.entry(day).or_default();
+                match tx.kind {
+                    EventKind::Purchase => {
+                        b.units += line.quantity;
+                        b.revenue += line.amount_cents();
+                        b.purchase_lines += 1;
+                        if !counted.contains(&line.product_id.as_str()) {
+                            b.orders += 1;
+                            counted.push(&line.product_id);
+                        }
+                    }
+                    EventKind::Refund => {
+                        b.units -= line.quantity;
+                        b.revenue -= line.amount_cents();
+                    }
+                }
+                changed = true;
+            } else {
+                self.late_lines += 1;
+            }
+            if changed && !p.dirty {
+                p.dirty = true;
+                self.dirty.push(idx);
+            }
+        }
+    }
+
+    /// Documents that changed since the last flush, as of `as_of`; with `full`, every
+    /// document of the view.
+    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> ProductChanges {
+        let window = self.config.window_days.max(1) as i32;
+        let last = epoch_day(as_of.date_naive());
+        let first = last - window + 1;
+        let mut candidates = std::mem::take(&mut self.dirty);
+        if self.last_as_of_day != Some(last) || full {
+            // The window slid: drop old buckets; every product with buckets may have changed.
+            for (i, p) in self.products.values_mut().enumerate() {
+                p.days = p.days.split_off(&first);
+                if !p.days.is_empty() || p.shown.is_some() {
+                    candidates.push(i as u32);
+                }
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+            self.floor = Some(first);
+            self.last_as_of_day = Some(last);
+        }
+
+        // Recompute the candidates and move them in the category rankings.
+        let mut computed: Vec<(u32, Option<ProductDoc>)> = Vec::with_capacity(candidates.len());
+        let mut touched_categories: BTreeSet<String> = BTreeSet::new();
+        for idx in candidates {
+            let (id, p) = self.products.get_index_mut(idx as usize).expect("product index");
+            p.dirty = false;
+            let doc = summarize(id, p, first, last, &self.config, as_of);
+            let now = doc.as_ref().map(|d| (d.category.clone(), d.total_revenue_cents));
+            let before = p.shown.as_ref().map(|(c, r, _)| (c.clone(), *r));
+            if now != before {
+                if let Some((c, r)) = &before {
+                    self.ranking.get_mut(c).map(|set| set.remove(&(Reverse(*r), id.clone())));
+                    touched_categories.insert(c.clone());
+                }
+                if let Some((c, r)) = &now {
+                    self.ranking.entry(c.clone()).or_default().insert((Reverse(*r), id.clone()));
+                    touched_categories.insert(c.clone());
+                }
+            }
+            computed.push((idx, doc));
+        }
+
+        // New ranks, only in the categories where a revenue or a membership changed.
+        let mut new_rank: HashMap<&str, i64> = HashMap::new();
+        for c in &touched_categories {
+            for (i, (_, id)) in self.ranking.get(c).into_iter().flatten().enumerate() {
+                new_rank.insert(id, i as i64 + 1);
+            }
+        }
+
+        let mut out = ProductChanges::default();
+        let mut written: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        for (idx, doc) in computed {
+            let (id, p) = self.products.get_index_mut(idx as usize).expect("product index");
+            written.insert(idx);
+            match doc {
+                Some(mut doc) => {
+                    doc.rank_in_category = new_rank.get(&**id).copied().or(p.shown.as_ref().map(|s| s.2)).unwrap_or(1);
+                    p.shown = Some((doc.category.clone(), doc.total_revenue_cents, doc.rank_in_category));
+                    out.upserts.push(doc);
+                }
+                None => {
+                    if p.shown.take().is_some() {
+                        out.deletes.push(id.to_string());
+                    }
+                }
+            }
+        }
+        // Documents whose only change is their rank; on a full flush, every document.
+        let mut rank_only: Vec<(usize, i64)> = Vec::new();
+        for (id, rank) in &new_rank {
+            if let Some((idx, _, p)) = self.products.get_full(*id) {
+                if !written.contains(&(idx as u32)) && p.shown.as_ref().is_some_and(|s| s.2 != *rank) {
+                    rank_only.push((idx, *rank));
+                }
+            }
+        }
+        if full {
+            for (idx, p) in self.products.values().enumerate() {
+                if !written.contains(&(idx as u32)) && p.shown.is_some() && !rank_only.iter().any(|(i, _)| *i == idx) {
+                    rank_only.push((idx, p.shown.as_ref().map_or(1, |s| s.2)));
+                }
+            }
+        }
+        rank_only.sort_unstable();
+        for (idx, rank) in rank_only {
+            let (id, p) = self.products.get_index_mut(idx).expect("product index");
+            if let Some(mut doc) = summarize(id, p, first, last, &self.config, as_of) {
+                doc.rank_in_category = rank;
+                p.shown = Some((doc.category.clone(), doc.total_revenue_cents, rank));
+                out.upserts.push(doc);
+            }
+        }
+        out
+    }
+}
+
+/// The product's document over the dates `first..=last`, or `None` when it has no line in
+/// the window. `rank_in_category` is filled in by the caller.
+fn summarize(
+    id: &str,
+    p: &Product,
+    first: i32,
+    last: i32,
+    config: &ProductConfig,
+    as_of: DateTime<Utc>,
+) -> Option<ProductDoc> {
+    let mut any = false;
+    let mut total = Bucket::default();
+    let mut days_sold = 0;
+    for (_, b) in p.days.range(first..=last) {
+        any = true;
+        total.units += b.units;
+        total.revenue += b.revenue;
+        total.orders += b.orders;
+        if b.purchase_lines > 0 {
+            days_sold += 1;
+        }
+    }
+    any.then(|| ProductDoc {
+        product_id: id.to_owned(),
+        product_name: p.name.as_ref().map(|(_, n)| n.clone()),
+        category: p.category_or_default().to_owned(),
+        units_sold: total.units,
+        order_count: total.orders,
+        total_revenue_cents: total.revenue,
+        days_sold,
+        rank_in_category: 0,
+        is_rising_star: is_rising_star(total.revenue, days_sold, config.rising_star_revenue_per_day),
+        analysis_period_days: i64::from(config.window_days),
+        analysis_date: as_of,
+    })
+}

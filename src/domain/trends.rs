@@ -1,0 +1,276 @@
+//! Daily, ISO-weekly and monthly buckets and the `sales_trends` view (SPEC §5), kept
+//! incrementally.
+//!
+//! A bucket per period holds purchase and refund counts and money. An event marks its
+//! periods dirty — for a day also the six following days, whose 7-day averages and
+//! previous-day figures include it. A flush writes the dirty periods that are retained, all
+//! retained periods when the date of `as_of` moved (the retention windows slid), and deletes
+//! the periods that left retention. Daily buckets are kept for six days before the daily
+//! retention (the oldest retained day's average needs them), weekly and monthly buckets
+//! for their retention: memory follows the retained periods.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::calendar::{date_of, epoch_day, month_index, month_start, week_start};
+use super::event::{EventKind, Transaction};
+use super::money::Cents;
+
+/// The trend settings of `[views.trends]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrendConfig {
+    /// Dates of daily documents, ending on the date of `as_of`.
+    pub daily_days: u32,
+    /// ISO weeks of weekly documents, ending with the current one.
+    pub weekly_weeks: u32,
+    /// Months of monthly documents, ending with the current one.
+    pub monthly_months: u32,
+}
+
+impl Default for TrendConfig {
+    fn default() -> Self {
+        TrendConfig { daily_days: 90, weekly_weeks: 12, monthly_months: 12 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Granularity {
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl Granularity {
+    pub const ALL: [Granularity; 3] = [Granularity::Daily, Granularity::Weekly, Granularity::Monthly];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Daily => "daily",
+            Granularity::Weekly => "weekly",
+            Granularity::Monthly => "monthly",
+        }
+    }
+}
+
+/// The money and counts of one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub purchases: i64,
+    pub purchase_cents: Cents,
+    pub refunds: i64,
+    pub refund_cents: Cents,
+}
+
+impl Bucket {
+    pub fn revenue(&self) -> Cents {
+        self.purchase_cents - self.refund_cents
+    }
+
+    fn add(&mut self, tx: &Transaction) {
+        match tx.kind {
+            EventKind::Purchase => {
+                self.purchases += 1;
+                self.purchase_cents += tx.total_cents;
+            }
+            EventKind::Refund => {
+                self.refunds += 1;
+                self.refund_cents += tx.total_cents;
+            }
+        }
+    }
+}
+
+/// Daily-only fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DailyExtras {
+    /// Σ net revenue of d−6..=d, cents (divide by 7 for the average).
+    pub revenue_7day_sum_cents: Cents,
+    /// Σ purchases of d−6..=d.
+    pub transactions_7day_sum: i64,
+    /// Net revenue of d−1, when d−1 had events.
+    pub prev_day_revenue_cents: Option<Cents>,
+}
+
+impl DailyExtras {
+    pub fn revenue_7day_ma(&self) -> f64 {
+        self.revenue_7day_sum_cents as f64 / 7.0 / 100.0
+    }
+
+    pub fn transactions_7day_ma(&self) -> f64 {
+        self.transactions_7day_sum as f64 / 7.0
+    }
+}
+
+/// One document of `sales_trends`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendDoc {
+    pub granularity: Granularity,
+    /// The day, the Monday of the ISO week, or the first of the month.
+    pub date: NaiveDate,
+    pub bucket: Bucket,
+    pub daily: Option<DailyExtras>,
+    pub analysis_date: DateTime<Utc>,
+}
+
+impl TrendDoc {
+    /// The natural id: `daily:2026-11-24`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.granularity.as_str(), self.date)
+    }
+
+    pub fn avg_transaction_value(&self) -> Option<f64> {
+        super::money::per(self.bucket.purchase_cents, self.bucket.purchases)
+    }
+
+    /// revenue growth over the previous day, %; null when there is no previous day or it is 0.
+    pub fn revenue_growth_pct(&self) -> Option<f64> {
+        let prev = self.daily?.prev_day_revenue_cents?;
+        (prev != 0).then(|| (self.bucket.revenue() - prev) as f64 / prev as f64 * 100.0)
+    }
+
+    /// ISO (year, week) for weekly documents, (year, month) for monthly ones.
+    pub fn year_and_number(&self) -> Option<(i32, u32)> {
+        match self.granularity {
+            Granularity::Daily => None,
+            Granularity::Weekly => Some((self.date.iso_week().year(), self.date.iso_week().week())),
+            Granularity::Monthly => Some((self.date.year(), self.date.month())),
+        }
+    }
+}
+
+/// What changed in the view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrendChanges {
+    pub upserts: Vec<TrendDoc>,
+    /// Ids (`daily:2026-08-01`) of documents that left retention.
+    pub deletes: Vec<String>,
+}
+
+/// A period's key: a day number for days and weeks (the Monday), a month index for months.
+type Period = i32;
+
+#[derive(Debug, Clone, Default)]
+struct Series {
+    buckets: BTreeMap<Period, Bucket>,
+    dirty: BTreeSet<Period>,
+    shown: BTreeSet<Period>,
+    /// Buckets before this period are not kept.
+    floor: Option<Period>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrendState {
+    config: TrendConfig,
+    series: [Series; 3],
+    last_as_of_day: Option<i32>,
+    late_events: u64,
+}
+
+impl TrendState {
+    pub fn new(config: TrendConfig) -> Self {
+        TrendState { config, series: Default::default(), last_as_of_day: None, late_events: 0 }
+    }
+
+    /// Events dated before every retention when they arrived.
+    pub fn late_events(&self) -> u64 {
+        self.late_events
+    }
+
+    pub fn apply(&mut self, tx: &Transaction) {
+        let day = epoch_day(tx.date());
+        let mut kept = false;
+        for g in Granularity::ALL {
+            let period = period_of(g, day);
+            let s = &mut self.series[g as usize];
+            if s.floor.is_some_and(|f| period < f) {
+                continue;
+            }
+            kept = true;
+            s.buckets.entry(period).or_default().add(tx);
+            s.dirty.insert(period);
+            if g == Granularity::Daily {
+                s.dirty.extend(period + 1..=period + 6);
+            }
+        }
+        if !kept {
+            self.late_events += 1;
+        }
+    }
+
+    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> TrendChanges {
+        let today = epoch_day(as_of.date_naive());
+        let slid = full || self.last_as_of_day != Some(today);
+        self.last_as_of_day = Some(today);
+        let mut out = TrendChanges::default();
+        for g in Granularity::ALL {
+            let (first, last) = self.retained(g, today);
+            let s = &mut self.series[g as usize];
+            let keep_from = if g == Granularity::Daily { first - 6 } else { first };
+            s.buckets = s.buckets.split_off(&keep_from);
+            s.floor = Some(keep_from);
+            let dirty = std::mem::take(&mut s.dirty);
+            let periods: Vec<Period> = if slid {
+                s.buckets.range(first..=last).map(|(p, _)| *p).collect()
+            } else {
+                dirty.range(first..=last).copied().filter(|p| s.buckets.contains_key(p)).collect()
+            };
+            for p in periods {
+                out.upserts.push(doc(g, p, &s.buckets, as_of));
+                s.shown.insert(p);
+            }
+            let gone: Vec<Period> = s.shown.iter().copied().filter(|p| *p < first || *p > last).collect();
+            for p in gone {
+                s.shown.remove(&p);
+                out.deletes.push(format!("{}:{}", g.as_str(), period_date(g, p)));
+            }
+        }
+        out
+    }
+
+    /// The first and last retained period of a granularity.
+    fn retained(&self, g: Granularity, today: i32) -> (Period, Period) {
+        let c = &self.config;
+        match g {
+            Granularity::Daily => (today - c.daily_days.max(1) as i32 + 1, today),
+            Granularity::Weekly => {
+                let this = week_start(today);
+                (this - 7 * (c.weekly_weeks.max(1) as i32 - 1), this)
+            }
+            Granularity::Monthly => {
+                let this = month_index(date_of(today));
+                (this - c.monthly_months.max(1) as i32 + 1, this)
+            }
+        }
+    }
+}
+
+pub fn period_of(g: Granularity, day: i32) -> Period {
+    match g {
+        Granularity::Daily => day,
+        Granularity::Weekly => week_start(day),
+        Granularity::Monthly => month_index(date_of(day)),
+    }
+}
+
+pub fn period_date(g: Granularity, p: Period) -> NaiveDate {
+    match g {
+        Granularity::Daily | Granularity::Weekly => date_of(p),
+        Granularity::Monthly => month_start(p),
+    }
+}
+
+fn doc(g: Granularity, p: Period, buckets: &BTreeMap<Period, Bucket>, as_of: DateTime<Utc>) -> TrendDoc {
+    let daily = (g == Granularity::Daily).then(|| {
+        let week = buckets.range(p - 6..=p).map(|(_, b)| b);
+        let (revenue, transactions) = week.fold((0, 0), |(r, t), b| (r + b.revenue(), t + b.purchases));
+        DailyExtras {
+            revenue_7day_sum_cents: revenue,
+            transactions_7day_sum: transactions,
+            prev_day_revenue_cents: buckets.get(&(p - 1)).map(Bucket::revenue),
+        }
+    });
+    TrendDoc { granularity: g, date: period_date(g, p), bucket: buckets[&p], daily, analysis_date: as_of }
+}
