@@ -214,7 +214,10 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
             max: Duration::from_millis(config.service.retry_max_ms),
         },
     };
-    let worker = Worker::new(Engine::new(config.views.clone()), dlq, (metrics, health), cadence, positions);
+    let mut engine = Engine::new(config.views.clone());
+    let keys = sink.preload_keys(engine.warehouse_mut()).await?;
+    info!(keys, "surrogate keys loaded from the warehouse");
+    let worker = Worker::new(engine, dlq, (metrics, health), cadence, positions);
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
     Ok(Pipeline { source, worker }.run(sink, until, to_end, shutdown).await)
 }

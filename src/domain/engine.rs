@@ -13,6 +13,7 @@ use super::event::EventKind;
 use super::product::{ProductChanges, ProductConfig, ProductState};
 use super::rfm::{RfmConfig, RfmDoc, RfmState};
 use super::trends::{TrendChanges, TrendConfig, TrendState};
+use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Warehouse};
 
 /// The view settings of `[views]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,11 +54,16 @@ pub struct ViewChanges {
     pub rfm: Vec<RfmDoc>,
     pub products: ProductChanges,
     pub trends: TrendChanges,
+    /// New facts (both tables) and dimension rows to upsert.
+    pub facts: Vec<Fact>,
+    pub dims: DimDocs,
 }
 
 impl ViewChanges {
     pub fn is_empty(&self) -> bool {
-        self.rfm.is_empty()
+        self.facts.is_empty()
+            && self.dims.is_empty()
+            && self.rfm.is_empty()
             && self.products.upserts.is_empty()
             && self.products.deletes.is_empty()
             && self.trends.upserts.is_empty()
@@ -71,6 +77,7 @@ pub struct Engine {
     rfm: RfmState,
     products: ProductState,
     trends: TrendState,
+    warehouse: Warehouse,
     watermark: Option<DateTime<Utc>>,
 }
 
@@ -81,6 +88,7 @@ impl Engine {
             rfm: RfmState::new(config.rfm),
             products: ProductState::new(config.products),
             trends: TrendState::new(config.trends),
+            warehouse: Warehouse::default(),
             watermark: None,
         }
     }
@@ -100,6 +108,15 @@ impl Engine {
 
     pub fn trends(&self) -> &TrendState {
         &self.trends
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// For preloading the surrogate keys a database already holds, before any event.
+    pub fn warehouse_mut(&mut self) -> &mut Warehouse {
+        &mut self.warehouse
     }
 
     pub fn dedup_len(&self) -> usize {
@@ -129,7 +146,10 @@ impl Engine {
         let day = epoch_day(tx.date());
         self.dedup.record(&tx.transaction_id, Seen { fingerprint: event.fingerprint, day, lane, kind: tx.kind });
         self.rfm.apply(tx);
-        self.products.apply(tx);
+        self.warehouse.apply(tx);
+        for product_id in self.products.apply(tx) {
+            self.warehouse.product_changed(product_id);
+        }
         self.trends.apply(tx);
         self.watermark = Some(self.watermark.map_or(tx.timestamp, |w| w.max(tx.timestamp)));
         Outcome::Applied { orphan_refund }
@@ -137,11 +157,58 @@ impl Engine {
 
     /// Changed documents as of `as_of` (every document with `full`).
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
-        ViewChanges {
-            rfm: self.rfm.flush(as_of, full),
-            products: self.products.flush(as_of, full),
-            trends: self.trends.flush(as_of, full),
+        let rfm = self.rfm.flush(as_of, full);
+        let products = self.products.flush(as_of, full);
+        let trends = self.trends.flush(as_of, full);
+        let (facts, changed) = self.warehouse.flush();
+        let dims = self.dim_docs(&rfm, changed);
+        ViewChanges { rfm, products, trends, facts, dims }
+    }
+
+    /// Completes the dimension rows: products from their latest attributes; customers whose
+    /// RFM document changed (segment, lifetime value) or who are new.
+    fn dim_docs(&self, rfm: &[RfmDoc], changed: super::warehouse::DimChanges) -> DimDocs {
+        let products = changed
+            .products
+            .into_iter()
+            .filter_map(|(key, id)| {
+                let p = self.products.product(&id)?;
+                let latest = |slot: &Option<(_, String)>| slot.as_ref().map(|(_, v)| v.clone());
+                Some(DimProduct {
+                    product_key: key,
+                    product_name: latest(&p.name),
+                    category: p.category_or_default().to_owned(),
+                    subcategory: latest(&p.subcategory),
+                    brand: latest(&p.brand),
+                    product_id: id,
+                })
+            })
+            .collect();
+        let mut customers: Vec<DimCustomer> = rfm
+            .iter()
+            .filter_map(|d| {
+                Some(DimCustomer {
+                    customer_key: self.warehouse.customers.get(&d.customer_id.as_str().into())?,
+                    customer_id: d.customer_id.clone(),
+                    customer_segment: Some(d.rfm_segment.clone()),
+                    lifetime_value_cents: d.monetary_cents,
+                })
+            })
+            .collect();
+        let written: std::collections::HashSet<i32> = customers.iter().map(|c| c.customer_key).collect();
+        for (key, id) in changed.customers {
+            if written.contains(&key) {
+                continue;
+            }
+            let c = self.rfm.customer(&id);
+            customers.push(DimCustomer {
+                customer_key: key,
+                customer_segment: None,
+                lifetime_value_cents: c.map_or(0, |c| c.monetary),
+                customer_id: id,
+            });
         }
+        DimDocs { products, customers, locations: changed.locations, dates: changed.dates }
     }
 }
 
@@ -158,6 +225,7 @@ mod tests {
     use crate::domain::rfm::Scoring;
     use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
     use crate::domain::trends::TrendDoc;
+    use crate::domain::warehouse::{DimCustomer, DimProduct, Fact};
     use crate::domain::Transaction;
 
     /// The views as MongoDB would hold them after the sink applied every flush.
@@ -166,6 +234,9 @@ mod tests {
         rfm: BTreeMap<String, RfmDoc>,
         products: BTreeMap<String, ProductDoc>,
         trends: BTreeMap<String, TrendDoc>,
+        facts: BTreeMap<String, Fact>,
+        dim_products: BTreeMap<i32, DimProduct>,
+        dim_customers: BTreeMap<i32, DimCustomer>,
     }
 
     impl Views {
@@ -184,6 +255,15 @@ mod tests {
             }
             for d in c.trends.upserts {
                 self.trends.insert(d.id(), d);
+            }
+            for f in c.facts {
+                assert!(self.facts.insert(f.sale_id.clone(), f).is_none(), "a fact emitted twice");
+            }
+            for p in c.dims.products {
+                self.dim_products.insert(p.product_key, p);
+            }
+            for d in c.dims.customers {
+                self.dim_customers.insert(d.customer_key, d);
             }
         }
 
@@ -230,6 +310,14 @@ mod tests {
         views.apply(engine.flush(last, false));
         let mut full = Views::default();
         full.apply(engine.flush(last, true));
+        // Facts and dimension rows accumulate over every flush, later rows winning.
+        full.facts = std::mem::take(&mut views.facts);
+        let mut products = std::mem::take(&mut views.dim_products);
+        products.append(&mut full.dim_products);
+        full.dim_products = products;
+        let mut customers = std::mem::take(&mut views.dim_customers);
+        customers.append(&mut full.dim_customers);
+        full.dim_customers = customers;
         let incremental = views.dated(last);
         assert_eq!(incremental.rfm, full.rfm, "customer_rfm_analysis: incremental != full flush");
         if monotone {
@@ -258,14 +346,46 @@ mod tests {
     fn check_all(arrivals: &[Arrival], final_hours: i16, config: &ViewConfig) -> Result<(), TestCaseError> {
         let (views, accepted, as_of) = run(config, arrivals, final_hours, true);
         let events = batch::first_arrivals(&accepted);
-        prop_assert_eq!(views.rfm.into_values().collect::<Vec<_>>(), batch::rfm(&events, as_of, &config.rfm));
+        prop_assert_eq!(views.rfm.values().cloned().collect::<Vec<_>>(), batch::rfm(&events, as_of, &config.rfm));
         prop_assert_eq!(
             views.products.into_values().collect::<Vec<_>>(),
             batch::products(&events, as_of, &config.products)
         );
         let mut want = batch::trends(&events, as_of, &config.trends);
         want.sort_by_key(TrendDoc::id);
-        prop_assert_eq!(views.trends.into_values().collect::<Vec<_>>(), want);
+        prop_assert_eq!(views.trends.values().cloned().collect::<Vec<_>>(), want);
+        check_star_schema(&views.facts, &views.dim_products, &views.dim_customers, &events, &views.rfm)
+    }
+
+    /// Every line of every applied event is one fact; keys agree with the dimensions; each
+    /// customer's dimension row carries its current segment and lifetime value.
+    fn check_star_schema(
+        facts: &BTreeMap<String, Fact>,
+        products: &BTreeMap<i32, DimProduct>,
+        customers: &BTreeMap<i32, DimCustomer>,
+        events: &[&Transaction],
+        rfm: &BTreeMap<String, RfmDoc>,
+    ) -> Result<(), TestCaseError> {
+        let lines: usize = events.iter().map(|e| e.items.len()).sum();
+        prop_assert_eq!(facts.len(), lines);
+        for e in events {
+            for (i, line) in e.items.iter().enumerate() {
+                let f = &facts[&format!("{}:{i}", e.transaction_id)];
+                prop_assert_eq!(f.kind, e.kind);
+                prop_assert_eq!(f.total_cents, line.amount_cents());
+                prop_assert_eq!(&products[&f.product_key].product_id, &line.product_id);
+                prop_assert_eq!(&customers[&f.customer_key].customer_id, &e.user_id);
+            }
+        }
+        let ids: std::collections::HashSet<&String> = products.values().map(|p| &p.product_id).collect();
+        prop_assert_eq!(ids.len(), products.len(), "one key per product");
+        for c in customers.values() {
+            let doc = rfm.get(&c.customer_id);
+            prop_assert_eq!(c.customer_segment.as_ref(), doc.map(|d| &d.rfm_segment));
+            if let Some(d) = doc {
+                prop_assert_eq!(c.lifetime_value_cents, d.monetary_cents);
+            }
+        }
         Ok(())
     }
 

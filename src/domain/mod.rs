@@ -10,6 +10,7 @@
 //! - [`rfm`]: per-customer RFM state and the `customer_rfm_analysis` documents.
 //! - [`product`]: per-product day buckets over the sliding window, `product_performance`.
 //! - [`trends`]: daily / ISO-weekly / monthly buckets, `sales_trends`.
+//! - [`warehouse`]: the star schema's facts and dimensions, with stable surrogate keys.
 //! - [`engine`]: all of the above behind `apply(event)` and `flush(as_of)`.
 //! - [`batch`]: a straightforward full recompute of every view, the oracle the incremental
 //!   engine is tested against (and the baseline it is benchmarked against).
@@ -27,6 +28,7 @@ pub mod rfm;
 #[cfg(test)]
 mod testgen;
 pub mod trends;
+pub mod warehouse;
 
 pub use decode::{decode, Decoded, RejectReason, Rejection};
 pub use engine::{Engine, Outcome, ViewChanges, ViewConfig};

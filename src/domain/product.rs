@@ -174,7 +174,10 @@ impl ProductState {
         self.late_lines
     }
 
-    pub fn apply(&mut self, tx: &Transaction) {
+    /// Applies an event's lines; returns the products whose attributes (name, category,
+    /// subcategory, brand) changed.
+    pub fn apply<'t>(&mut self, tx: &'t Transaction) -> Vec<&'t str> {
+        let mut renamed = Vec::new();
         self.arrivals += 1;
         let stamp = (tx.timestamp, self.arrivals);
         let day = epoch_day(tx.date());
@@ -186,8 +189,10 @@ impl ProductState {
             let p = entry.or_default();
             let mut changed = take_latest(&mut p.name, stamp, &line.product_name);
             changed |= take_latest(&mut p.category, stamp, &line.category);
-            take_latest(&mut p.subcategory, stamp, &line.subcategory);
-            take_latest(&mut p.brand, stamp, &line.brand);
+            let described = take_latest(&mut p.subcategory, stamp, &line.subcategory);
+            if changed | take_latest(&mut p.brand, stamp, &line.brand) | described {
+                renamed.push(line.product_id.as_str());
+            }
             if in_window {
                 let b = p.days.entry(day).or_default();
                 match tx.kind {
@@ -214,6 +219,7 @@ impl ProductState {
                 self.dirty.push(idx);
             }
         }
+        renamed
     }
 
     /// Documents that changed since the last flush, as of `as_of`; with `full`, every

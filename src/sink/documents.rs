@@ -8,6 +8,8 @@ use crate::domain::money::to_units;
 use crate::domain::product::ProductDoc;
 use crate::domain::rfm::RfmDoc;
 use crate::domain::trends::TrendDoc;
+use crate::domain::warehouse::{DimCustomer, DimProduct, Fact};
+use crate::domain::Location;
 
 /// `customer_rfm_analysis`: one document per customer with ≥ 1 purchase.
 pub const CUSTOMER_RFM: &str = "customer_rfm_analysis";
@@ -15,6 +17,14 @@ pub const CUSTOMER_RFM: &str = "customer_rfm_analysis";
 pub const PRODUCT_PERFORMANCE: &str = "product_performance";
 /// `sales_trends`: one document per (trend_type, period) with an event, within retention.
 pub const SALES_TRENDS: &str = "sales_trends";
+/// The star schema.
+pub const FACT_SALES: &str = "fact_sales";
+pub const FACT_RETURNS: &str = "fact_returns";
+pub const DIM_PRODUCT: &str = "dim_product";
+pub const DIM_CUSTOMER: &str = "dim_customer";
+pub const DIM_LOCATION: &str = "dim_location";
+pub const DIM_DATE: &str = "dim_date";
+pub const DIM_TIME: &str = "dim_time";
 
 /// An index of the batch design: collection, name, keys (field, direction), unique.
 pub struct IndexSpec {
@@ -24,21 +34,61 @@ pub struct IndexSpec {
     pub unique: bool,
 }
 
+/// An index row of the table below.
+const fn ix(
+    collection: &'static str,
+    name: &'static str,
+    keys: &'static [(&'static str, i32)],
+    unique: bool,
+) -> IndexSpec {
+    IndexSpec { collection, name, keys, unique }
+}
+
 /// The batch design's indexes on the collections martstream writes.
 pub const INDEXES: &[IndexSpec] = &[
-    IndexSpec { collection: CUSTOMER_RFM, name: "idx_customer", keys: &[("customer_id", 1)], unique: false },
-    IndexSpec { collection: CUSTOMER_RFM, name: "idx_segment", keys: &[("rfm_segment", 1)], unique: false },
-    IndexSpec { collection: PRODUCT_PERFORMANCE, name: "idx_product", keys: &[("product_id", 1)], unique: false },
-    IndexSpec { collection: PRODUCT_PERFORMANCE, name: "idx_category", keys: &[("category", 1)], unique: false },
-    IndexSpec { collection: PRODUCT_PERFORMANCE, name: "idx_revenue", keys: &[("total_revenue", -1)], unique: false },
-    IndexSpec { collection: SALES_TRENDS, name: "idx_date", keys: &[("date", 1)], unique: false },
-    IndexSpec {
-        collection: SALES_TRENDS,
-        name: "idx_trend_date",
-        keys: &[("trend_type", 1), ("date", 1)],
-        unique: false,
-    },
+    ix(CUSTOMER_RFM, "idx_customer", &[("customer_id", 1)], false),
+    ix(CUSTOMER_RFM, "idx_segment", &[("rfm_segment", 1)], false),
+    ix(PRODUCT_PERFORMANCE, "idx_product", &[("product_id", 1)], false),
+    ix(PRODUCT_PERFORMANCE, "idx_category", &[("category", 1)], false),
+    ix(PRODUCT_PERFORMANCE, "idx_revenue", &[("total_revenue", -1)], false),
+    ix(SALES_TRENDS, "idx_date", &[("date", 1)], false),
+    ix(SALES_TRENDS, "idx_trend_date", &[("trend_type", 1), ("date", 1)], false),
+    ix(FACT_SALES, "idx_date", &[("date_key", 1)], false),
+    ix(FACT_SALES, "idx_product", &[("product_key", 1)], false),
+    ix(FACT_SALES, "idx_customer", &[("customer_key", 1)], false),
+    ix(FACT_SALES, "idx_location", &[("location_key", 1)], false),
+    ix(FACT_SALES, "idx_date_product", &[("date_key", 1), ("product_key", 1)], false),
+    ix(FACT_RETURNS, "idx_date", &[("date_key", 1)], false),
+    ix(FACT_RETURNS, "idx_product", &[("product_key", 1)], false),
+    ix(FACT_RETURNS, "idx_customer", &[("customer_key", 1)], false),
+    ix(DIM_PRODUCT, "idx_product_id", &[("product_id", 1)], true),
+    ix(DIM_PRODUCT, "idx_category", &[("category", 1)], false),
+    ix(DIM_CUSTOMER, "idx_customer_id", &[("customer_id", 1)], true),
+    ix(DIM_CUSTOMER, "idx_segment", &[("customer_segment", 1)], false),
+    ix(DIM_DATE, "idx_date", &[("full_date", 1)], true),
+    ix(DIM_LOCATION, "idx_country", &[("country", 1)], false),
 ];
+
+/// The batch design's validator of `fact_sales` (also applied to `fact_returns`, which has
+/// the same shape).
+pub fn fact_validator() -> Document {
+    doc! {
+        "$jsonSchema": {
+            "bsonType": "object",
+            "required": ["sale_id", "date_key", "product_key", "customer_key", "total_amount"],
+            "properties": {
+                "sale_id": { "bsonType": "string" },
+                "date_key": { "bsonType": "int" },
+                "product_key": { "bsonType": "int" },
+                "customer_key": { "bsonType": "int" },
+                "location_key": { "bsonType": "int" },
+                "quantity": { "bsonType": "int", "minimum": 1 },
+                "unit_price": { "bsonType": "double", "minimum": 0 },
+                "total_amount": { "bsonType": "double", "minimum": 0 }
+            }
+        }
+    }
+}
 
 pub fn date(t: DateTime<Utc>) -> Bson {
     Bson::DateTime(BsonDateTime::from_millis(t.timestamp_millis()))
@@ -137,4 +187,104 @@ pub fn trend(d: &TrendDoc, written_at: DateTime<Utc>) -> (Bson, Document) {
     body.insert("analysis_date", date(d.analysis_date));
     body.insert("updated_at", date(written_at));
     (id, body)
+}
+
+pub fn fact(f: &Fact) -> (Bson, Document) {
+    let id = Bson::String(f.sale_id.clone());
+    let body = doc! {
+        "_id": id.clone(),
+        "sale_id": &f.sale_id,
+        "transaction_id": &f.transaction_id,
+        "timestamp": date(f.timestamp),
+        "date_key": f.date_key,
+        "time_key": f.time_key,
+        "product_key": f.product_key,
+        "customer_key": f.customer_key,
+        "location_key": f.location_key,
+        "quantity": i32::try_from(f.quantity).unwrap_or(i32::MAX),
+        "unit_price": to_units(f.unit_price_cents),
+        "discount_amount": to_units(f.discount_cents),
+        "total_amount": to_units(f.total_cents),
+        "payment_method": opt_string(f.payment_method.as_deref()),
+    };
+    (id, body)
+}
+
+pub fn dim_product(p: &DimProduct) -> (Bson, Document) {
+    let id = Bson::String(p.product_id.clone());
+    let body = doc! {
+        "_id": id.clone(),
+        "product_key": p.product_key,
+        "product_id": &p.product_id,
+        "product_name": opt_string(p.product_name.as_deref()),
+        "category": &p.category,
+        "subcategory": opt_string(p.subcategory.as_deref()),
+        "brand": opt_string(p.brand.as_deref()),
+    };
+    (id, body)
+}
+
+pub fn dim_customer(c: &DimCustomer) -> (Bson, Document) {
+    let id = Bson::String(c.customer_id.clone());
+    let body = doc! {
+        "_id": id.clone(),
+        "customer_key": c.customer_key,
+        "customer_id": &c.customer_id,
+        "customer_segment": opt_string(c.customer_segment.as_deref()),
+        "lifetime_value": to_units(c.lifetime_value_cents),
+    };
+    (id, body)
+}
+
+pub fn dim_location(key: i32, l: &Location) -> (Bson, Document) {
+    let body = doc! {
+        "_id": key,
+        "location_key": key,
+        "country": &l.country,
+        "region": opt_string(l.region.as_deref()),
+        "city": opt_string(l.city.as_deref()),
+        "timezone": opt_string(l.timezone.as_deref()),
+    };
+    (Bson::Int32(key), body)
+}
+
+pub fn dim_date(d: chrono::NaiveDate) -> (Bson, Document) {
+    use chrono::Datelike;
+    let key = crate::domain::calendar::date_key(d);
+    let midnight = d.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    let weekday = d.weekday().num_days_from_monday() as i32;
+    let body = doc! {
+        "_id": key,
+        "date_key": key,
+        "full_date": date(midnight),
+        "day": d.day() as i32,
+        "month": d.month() as i32,
+        "year": d.year(),
+        "quarter": (d.month0() / 3 + 1) as i32,
+        "week_of_year": d.iso_week().week() as i32,
+        "day_of_week": weekday,
+        "is_weekend": weekday >= 5,
+        "is_holiday": false,
+    };
+    (Bson::Int32(key), body)
+}
+
+/// The 1440 rows of `dim_time`.
+pub fn dim_time() -> Vec<(Bson, Document)> {
+    use crate::domain::calendar::{business_hour, time_of_day};
+    (0..24u32)
+        .flat_map(|h| (0..60u32).map(move |m| (h, m)))
+        .map(|(h, m)| {
+            let key = (h * 100 + m) as i32;
+            let body = doc! {
+                "_id": key,
+                "time_key": key,
+                "hour": h as i32,
+                "minute": m as i32,
+                "time_of_day": time_of_day(h),
+                "business_hour": business_hour(h),
+            };
+            (Bson::Int32(key), body)
+        })
+        .collect()
 }

@@ -10,9 +10,14 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 
-use super::documents::{self, CUSTOMER_RFM, INDEXES, PRODUCT_PERFORMANCE, SALES_TRENDS};
+use super::documents::{
+    self, CUSTOMER_RFM, DIM_CUSTOMER, DIM_DATE, DIM_LOCATION, DIM_PRODUCT, DIM_TIME, FACT_RETURNS, FACT_SALES, INDEXES,
+    PRODUCT_PERFORMANCE, SALES_TRENDS,
+};
 use crate::config::{redact_uri, MongoConfig};
+use crate::domain::warehouse::Warehouse;
 use crate::domain::ViewChanges;
+use crate::domain::{EventKind, Location};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -22,6 +27,10 @@ pub enum SinkError {
     Unreachable { uri: String, timeout: Duration, reason: String },
     #[error("creating index {name} on {collection}: {source}")]
     Index { collection: String, name: String, source: mongodb::error::Error },
+    #[error("preparing {collection}: {reason}")]
+    Prepare { collection: String, reason: String },
+    #[error("reading {collection}: {reason}")]
+    Read { collection: String, reason: String },
     #[error("MongoDB write to {collection} failed: {reason}")]
     Write { collection: String, reason: String },
 }
@@ -77,8 +86,20 @@ impl MongoSink {
         self.db.run_command(doc! { "ping": 1 }).await.map(|_| ()).map_err(|e| first_line(&e))
     }
 
-    /// Creates the batch design's indexes (idempotent).
+    /// Creates the batch design's validator, indexes and `dim_time` (idempotent).
     pub async fn prepare(&self) -> Result<(), SinkError> {
+        for collection in [FACT_SALES, FACT_RETURNS] {
+            let fail =
+                |e: mongodb::error::Error| SinkError::Prepare { collection: collection.into(), reason: first_line(&e) };
+            let existing = self.db.list_collection_names().await.map_err(fail)?;
+            let command = if existing.iter().any(|c| c == collection) {
+                doc! { "collMod": collection, "validator": documents::fact_validator(), "validationLevel": "strict" }
+            } else {
+                doc! { "create": collection, "validator": documents::fact_validator(), "validationLevel": "strict" }
+            };
+            self.db.run_command(command).await.map_err(fail)?;
+        }
+        self.upsert(DIM_TIME, documents::dim_time()).await?;
         for spec in INDEXES {
             let keys: Document = spec.keys.iter().map(|(k, dir)| (k.to_string(), Bson::Int32(*dir))).collect();
             let model = IndexModel::builder()
@@ -106,7 +127,63 @@ impl MongoSink {
         stats.per_collection.push((PRODUCT_PERFORMANCE, n));
         let n = self.delete(SALES_TRENDS, &changes.trends.deletes).await? + self.upsert(SALES_TRENDS, trends).await?;
         stats.per_collection.push((SALES_TRENDS, n));
+
+        // Dimensions before facts, so that a fact's keys always resolve.
+        let d = &changes.dims;
+        let n = self.upsert(DIM_PRODUCT, d.products.iter().map(documents::dim_product).collect()).await?;
+        stats.per_collection.push((DIM_PRODUCT, n));
+        let n = self.upsert(DIM_CUSTOMER, d.customers.iter().map(documents::dim_customer).collect()).await?;
+        stats.per_collection.push((DIM_CUSTOMER, n));
+        let n = self
+            .upsert(DIM_LOCATION, d.locations.iter().map(|(k, l)| documents::dim_location(*k, l)).collect())
+            .await?;
+        stats.per_collection.push((DIM_LOCATION, n));
+        let n = self.upsert(DIM_DATE, d.dates.iter().map(|x| documents::dim_date(*x)).collect()).await?;
+        stats.per_collection.push((DIM_DATE, n));
+        let (sales, returns): (Vec<_>, Vec<_>) = changes.facts.iter().partition(|f| f.kind == EventKind::Purchase);
+        let n = self.upsert(FACT_SALES, sales.into_iter().map(documents::fact).collect()).await?;
+        stats.per_collection.push((FACT_SALES, n));
+        let n = self.upsert(FACT_RETURNS, returns.into_iter().map(documents::fact).collect()).await?;
+        stats.per_collection.push((FACT_RETURNS, n));
         Ok(stats)
+    }
+
+    /// Gives the engine the surrogate keys this database already holds, so that keys never
+    /// change across restarts and replays into it.
+    pub async fn preload_keys(&self, warehouse: &mut Warehouse) -> Result<usize, SinkError> {
+        use futures::TryStreamExt;
+        let fail = |collection: &'static str| {
+            move |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) }
+        };
+        let mut n = 0;
+        let mut rows = self.db.collection::<Document>(DIM_PRODUCT).find(doc! {}).await.map_err(fail(DIM_PRODUCT))?;
+        while let Some(d) = rows.try_next().await.map_err(fail(DIM_PRODUCT))? {
+            if let (Ok(id), Ok(key)) = (d.get_str("product_id"), d.get_i32("product_key")) {
+                warehouse.products.preload(id.into(), key);
+                n += 1;
+            }
+        }
+        let mut rows = self.db.collection::<Document>(DIM_CUSTOMER).find(doc! {}).await.map_err(fail(DIM_CUSTOMER))?;
+        while let Some(d) = rows.try_next().await.map_err(fail(DIM_CUSTOMER))? {
+            if let (Ok(id), Ok(key)) = (d.get_str("customer_id"), d.get_i32("customer_key")) {
+                warehouse.customers.preload(id.into(), key);
+                n += 1;
+            }
+        }
+        let mut rows = self.db.collection::<Document>(DIM_LOCATION).find(doc! {}).await.map_err(fail(DIM_LOCATION))?;
+        while let Some(d) = rows.try_next().await.map_err(fail(DIM_LOCATION))? {
+            if let (Ok(country), Ok(key)) = (d.get_str("country"), d.get_i32("location_key")) {
+                let location = Location {
+                    country: country.to_owned(),
+                    region: d.get_str("region").ok().map(str::to_owned),
+                    city: d.get_str("city").ok().map(str::to_owned),
+                    timezone: None,
+                };
+                warehouse.locations.preload(crate::domain::warehouse::location_natural_key(&location), key);
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Deletes documents by `_id` (idempotent: deleting what is gone is fine).

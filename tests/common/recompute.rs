@@ -457,3 +457,115 @@ pub fn trends_diff(docs: &[Document], expected: &BTreeMap<String, ExpectedTrend>
     }
     Ok(())
 }
+
+/// Checks the star schema against the applied events: one fact per line with the line's
+/// figures, keys that resolve to the right dimension rows, dim_customer in step with
+/// customer_rfm_analysis, dim_date covering every fact date, and 1440 dim_time rows.
+pub async fn check_star_schema(db: &mongodb::Database, events: &[Value]) -> Result<(), String> {
+    use futures::TryStreamExt;
+    let all = |name: &'static str| async move {
+        db.collection::<Document>(name)
+            .find(Document::new())
+            .await
+            .unwrap()
+            .try_collect::<Vec<Document>>()
+            .await
+            .unwrap()
+    };
+    let by = |docs: &[Document], key: &str| -> BTreeMap<i64, Document> {
+        docs.iter().map(|d| (int(d, key), d.clone())).collect()
+    };
+    let products = by(&all("dim_product").await, "product_key");
+    let customers = by(&all("dim_customer").await, "customer_key");
+    let locations = by(&all("dim_location").await, "location_key");
+    let dates: HashSet<i64> = all("dim_date").await.iter().map(|d| int(d, "date_key")).collect();
+    let sales: BTreeMap<String, Document> =
+        all("fact_sales").await.into_iter().map(|d| (d.get_str("sale_id").unwrap().to_owned(), d)).collect();
+    let returns: BTreeMap<String, Document> =
+        all("fact_returns").await.into_iter().map(|d| (d.get_str("sale_id").unwrap().to_owned(), d)).collect();
+    if all("dim_time").await.len() != 1440 {
+        return Err("dim_time must have 1440 rows".into());
+    }
+    let mut lines = (0, 0);
+    for e in events {
+        let refund = e["event_type"] == "refund";
+        let t = time(e);
+        for (i, item) in e["items"].as_array().unwrap().iter().enumerate() {
+            let sale_id = format!("{}:{i}", e["transaction_id"].as_str().unwrap());
+            let table = if refund { &returns } else { &sales };
+            let f = table.get(&sale_id).ok_or_else(|| format!("fact {sale_id} missing"))?;
+            if refund {
+                lines.1 += 1
+            } else {
+                lines.0 += 1
+            }
+            let ctx = format!("fact {f}");
+            let date_key = t.format("%Y%m%d").to_string().parse::<i64>().unwrap();
+            let time_key = t.format("%H%M").to_string().parse::<i64>().unwrap();
+            let discount = item.get("discount").filter(|d| !d.is_null()).map_or(0, cents);
+            let ok = int(f, "date_key") == date_key
+                && int(f, "time_key") == time_key
+                && int(f, "quantity") == item["quantity"].as_i64().unwrap()
+                && f.get_f64("unit_price") == Ok(cents(&item["unit_price"]) as f64 / 100.0)
+                && f.get_f64("discount_amount") == Ok(discount as f64 / 100.0)
+                && f.get_f64("total_amount") == Ok(line_cents(item) as f64 / 100.0)
+                && f.get_str("transaction_id")
+                    == e["transaction_id"].as_str().ok_or(mongodb::bson::document::ValueAccessError::NotPresent)
+                && match e.get("payment_method").and_then(Value::as_str) {
+                    Some(p) => f.get_str("payment_method") == Ok(p),
+                    None => f.get("payment_method") == Some(&Bson::Null),
+                };
+            if !ok {
+                return Err(format!("figures differ from line {item}; {ctx}"));
+            }
+            let product =
+                products.get(&int(f, "product_key")).ok_or_else(|| format!("product_key unresolved; {ctx}"))?;
+            let customer =
+                customers.get(&int(f, "customer_key")).ok_or_else(|| format!("customer_key unresolved; {ctx}"))?;
+            if product.get_str("product_id")
+                != item["product_id"].as_str().ok_or(mongodb::bson::document::ValueAccessError::NotPresent)
+                || customer.get_str("customer_id")
+                    != e["user_id"].as_str().ok_or(mongodb::bson::document::ValueAccessError::NotPresent)
+            {
+                return Err(format!("keys point at the wrong rows; {ctx}"));
+            }
+            match (e.get("location"), int(f, "location_key")) {
+                (None, 0) => {}
+                (Some(l), key) if key > 0 => {
+                    let row = locations.get(&key).ok_or_else(|| format!("location_key unresolved; {ctx}"))?;
+                    if row.get_str("country")
+                        != l["country"].as_str().ok_or(mongodb::bson::document::ValueAccessError::NotPresent)
+                    {
+                        return Err(format!("location_key points at the wrong row; {ctx}"));
+                    }
+                }
+                _ => return Err(format!("location_key; {ctx}")),
+            }
+            if !dates.contains(&date_key) {
+                return Err(format!("dim_date lacks {date_key}"));
+            }
+        }
+    }
+    if (sales.len(), returns.len()) != lines {
+        return Err(format!("{} sales and {} returns facts for {lines:?} lines", sales.len(), returns.len()));
+    }
+    // dim_customer carries the current segment and lifetime value of customer_rfm_analysis.
+    let rfm = db
+        .collection::<Document>("customer_rfm_analysis")
+        .find(Document::new())
+        .await
+        .unwrap()
+        .try_collect::<Vec<Document>>()
+        .await
+        .unwrap();
+    let by_id: BTreeMap<&str, &Document> = customers.values().map(|d| (d.get_str("customer_id").unwrap(), d)).collect();
+    for r in &rfm {
+        let c = by_id.get(r.get_str("customer_id").unwrap()).ok_or("customer without dim_customer row")?;
+        if c.get_str("customer_segment") != r.get_str("rfm_segment")
+            || c.get_f64("lifetime_value") != r.get_f64("monetary")
+        {
+            return Err(format!("dim_customer {c} out of step with {r}"));
+        }
+    }
+    Ok(())
+}

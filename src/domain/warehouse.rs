@@ -1,0 +1,232 @@
+//! The star schema (SPEC §6): one fact per purchase line (`fact_sales`) or refund line
+//! (`fact_returns`), and the dimensions they point at through integer surrogate keys.
+//!
+//! Keys are handed out in order of first appearance, starting after the largest key already
+//! known; the adapters preload the keys a database already holds, so a key once given never
+//! changes across restarts and replays into the same database. Facts are emitted once, at
+//! the flush after their event, and written idempotently by `sale_id`; between flushes they
+//! wait in memory (the pipeline stops consuming when too many wait, e.g. during an outage).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use super::calendar::{date_key, epoch_day, time_key};
+use super::event::{EventKind, Location, Transaction};
+use super::money::Cents;
+
+/// Natural key → surrogate key, never reassigned.
+#[derive(Debug, Clone)]
+pub struct KeyRegistry<K> {
+    keys: HashMap<K, i32>,
+    next: i32,
+}
+
+impl<K: Eq + Hash + Clone> Default for KeyRegistry<K> {
+    fn default() -> Self {
+        KeyRegistry { keys: HashMap::new(), next: 1 }
+    }
+}
+
+impl<K: Eq + Hash + Clone> KeyRegistry<K> {
+    /// The key of `k`, and whether it was handed out just now.
+    pub fn key(&mut self, k: &K) -> (i32, bool) {
+        if let Some(&key) = self.keys.get(k) {
+            return (key, false);
+        }
+        let key = self.next;
+        self.next += 1;
+        self.keys.insert(k.clone(), key);
+        (key, true)
+    }
+
+    pub fn get(&self, k: &K) -> Option<i32> {
+        self.keys.get(k).copied()
+    }
+
+    /// Takes a key already given (by an earlier run, read from the database).
+    pub fn preload(&mut self, k: K, key: i32) {
+        self.next = self.next.max(key + 1);
+        self.keys.insert(k, key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// A location's natural key.
+pub type LocationKey = (String, Option<String>, Option<String>);
+
+pub fn location_natural_key(l: &Location) -> LocationKey {
+    (l.country.clone(), l.region.clone(), l.city.clone())
+}
+
+/// One row of `fact_sales` or `fact_returns` (money in cents).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fact {
+    pub kind: EventKind,
+    /// `<transaction_id>:<line index>`.
+    pub sale_id: String,
+    pub transaction_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub date_key: i32,
+    pub time_key: i32,
+    pub product_key: i32,
+    pub customer_key: i32,
+    /// 0 when the event had no location.
+    pub location_key: i32,
+    pub quantity: i64,
+    pub unit_price_cents: Cents,
+    pub discount_cents: Cents,
+    /// The line amount.
+    pub total_cents: Cents,
+    pub payment_method: Option<String>,
+}
+
+/// New or changed dimension members since the last flush. Products and customers are named
+/// by natural id; their documents are completed from the product and RFM state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DimChanges {
+    pub products: Vec<(i32, String)>,
+    pub customers: Vec<(i32, String)>,
+    pub locations: Vec<(i32, Location)>,
+    pub dates: Vec<NaiveDate>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Warehouse {
+    pub products: KeyRegistry<Box<str>>,
+    pub customers: KeyRegistry<Box<str>>,
+    pub locations: KeyRegistry<LocationKey>,
+    dates: HashSet<i32>,
+    pending_facts: Vec<Fact>,
+    changed_products: BTreeMap<i32, String>,
+    new_customers: Vec<(i32, String)>,
+    new_locations: Vec<(i32, Location)>,
+    new_dates: Vec<NaiveDate>,
+}
+
+impl Warehouse {
+    /// Facts waiting for the next flush.
+    pub fn pending_facts(&self) -> usize {
+        self.pending_facts.len()
+    }
+
+    /// Marks a product's dimension row for rewriting (its attributes changed).
+    pub fn product_changed(&mut self, product_id: &str) {
+        if let Some(key) = self.products.get(&product_id.into()) {
+            self.changed_products.insert(key, product_id.to_owned());
+        }
+    }
+
+    pub fn apply(&mut self, tx: &Transaction) {
+        let (customer_key, new) = self.customers.key(&tx.user_id.as_str().into());
+        if new {
+            self.new_customers.push((customer_key, tx.user_id.clone()));
+        }
+        let location_key = match &tx.location {
+            None => 0,
+            Some(l) => {
+                let (key, new) = self.locations.key(&location_natural_key(l));
+                if new {
+                    self.new_locations.push((key, l.clone()));
+                }
+                key
+            }
+        };
+        let date = tx.date();
+        if self.dates.insert(epoch_day(date)) {
+            self.new_dates.push(date);
+        }
+        for (i, line) in tx.items.iter().enumerate() {
+            let (product_key, new) = self.products.key(&line.product_id.as_str().into());
+            if new {
+                self.changed_products.insert(product_key, line.product_id.clone());
+            }
+            self.pending_facts.push(Fact {
+                kind: tx.kind,
+                sale_id: format!("{}:{i}", tx.transaction_id),
+                transaction_id: tx.transaction_id.clone(),
+                timestamp: tx.timestamp,
+                date_key: date_key(date),
+                time_key: time_key(tx.timestamp),
+                product_key,
+                customer_key,
+                location_key,
+                quantity: line.quantity,
+                unit_price_cents: line.unit_price_cents,
+                discount_cents: line.discount_cents,
+                total_cents: line.amount_cents(),
+                payment_method: tx.payment_method.clone(),
+            });
+        }
+    }
+
+    /// The facts and the new or changed dimension members since the last flush.
+    pub fn flush(&mut self) -> (Vec<Fact>, DimChanges) {
+        let dims = DimChanges {
+            products: std::mem::take(&mut self.changed_products).into_iter().collect(),
+            customers: std::mem::take(&mut self.new_customers),
+            locations: std::mem::take(&mut self.new_locations),
+            dates: std::mem::take(&mut self.new_dates),
+        };
+        (std::mem::take(&mut self.pending_facts), dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_continue_after_preloaded_ones() {
+        let mut r: KeyRegistry<String> = KeyRegistry::default();
+        r.preload("old".into(), 7);
+        assert_eq!(r.key(&"old".into()), (7, false));
+        assert_eq!(r.key(&"new".into()), (8, true));
+        assert_eq!(r.key(&"new".into()), (8, false));
+        assert_eq!(r.len(), 2);
+    }
+}
+
+/// A `dim_product` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DimProduct {
+    pub product_key: i32,
+    pub product_id: String,
+    pub product_name: Option<String>,
+    pub category: String,
+    pub subcategory: Option<String>,
+    pub brand: Option<String>,
+}
+
+/// A `dim_customer` row: the current segment (none before the first purchase) and
+/// lifetime value (= RFM monetary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DimCustomer {
+    pub customer_key: i32,
+    pub customer_id: String,
+    pub customer_segment: Option<String>,
+    pub lifetime_value_cents: Cents,
+}
+
+/// Dimension rows to upsert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DimDocs {
+    pub products: Vec<DimProduct>,
+    pub customers: Vec<DimCustomer>,
+    pub locations: Vec<(i32, Location)>,
+    pub dates: Vec<NaiveDate>,
+}
+
+impl DimDocs {
+    pub fn is_empty(&self) -> bool {
+        self.products.is_empty() && self.customers.is_empty() && self.locations.is_empty() && self.dates.is_empty()
+    }
+}
