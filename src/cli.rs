@@ -18,7 +18,7 @@ use crate::health::Health;
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::source::{Source, StartAt};
 use crate::kafka::topics::{self, Created};
-use crate::pipeline::{AsOf, Backoff, Cadence, Pipeline, Summary, Until, Worker};
+use crate::pipeline::{AsOf, Backoff, Cadence, Input, InputKind, Pipeline, Summary, Until, Worker};
 use crate::sink::mongo::MongoSink;
 use crate::telemetry::{self, Metrics};
 
@@ -180,7 +180,14 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
     let shutdown = CancellationToken::new();
     install_signal_handlers(shutdown.clone());
 
-    let source = Source::connect(&config.kafka)?;
+    let k = &config.kafka;
+    let mut topics = vec![k.topic.clone()];
+    let mut inputs = vec![Input { kind: InputKind::Transactions, dlq_topic: k.dlq_topic.clone() }];
+    if !k.sessions_topic.is_empty() {
+        topics.push(k.sessions_topic.clone());
+        inputs.push(Input { kind: InputKind::Sessions, dlq_topic: k.sessions_dlq_topic.clone() });
+    }
+    let source = Source::connect(k, topics)?;
     let sink = MongoSink::connect(&config.mongo).await?;
     sink.prepare().await?;
     health.set_mongo_ok(true);
@@ -192,13 +199,13 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
 
-    let end = source.watermarks()?.into_iter().map(|(p, (_, high))| (p, high)).collect();
+    let end = source.watermarks()?.into_iter().map(|(tp, (_, high))| (tp, high)).collect();
     let positions = source.assign(&start).context("assigning partitions")?;
     health.set_partitions(positions.len());
     metrics.partitions_assigned.set(positions.len() as i64);
     health.set_state_ready(true);
     info!(
-        topic = %source.topic,
+        topics = ?source.topics,
         partitions = positions.len(),
         mongo = %redact_uri(&config.mongo.uri),
         database = %config.mongo.database,
@@ -213,11 +220,12 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
             initial: Duration::from_millis(config.service.retry_initial_ms),
             max: Duration::from_millis(config.service.retry_max_ms),
         },
+        max_pending_facts: config.service.max_pending_facts,
     };
     let mut engine = Engine::new(config.views.clone());
     let keys = sink.preload_keys(engine.warehouse_mut()).await?;
     info!(keys, "surrogate keys loaded from the warehouse");
-    let worker = Worker::new(engine, dlq, (metrics, health), cadence, positions);
+    let worker = Worker::new(engine, dlq, (metrics, health), cadence, (inputs, positions));
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
     Ok(Pipeline { source, worker }.run(sink, until, to_end, shutdown).await)
 }

@@ -41,6 +41,9 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Where malformed and conflicting events go.
     pub dlq_topic: String,
+    /// Browsing-session summaries (fact_customer_sessions); empty to not read sessions.
+    pub sessions_topic: String,
+    pub sessions_dlq_topic: String,
     /// Consumer group, used to report committed offsets for monitoring only: martstream
     /// assigns itself every partition and keeps its own offsets.
     pub group_id: String,
@@ -59,6 +62,8 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:19092".into(),
             topic: "transactions".into(),
             dlq_topic: "transactions.dlq".into(),
+            sessions_topic: "customer_sessions".into(),
+            sessions_dlq_topic: "customer_sessions.dlq".into(),
             group_id: "martstream".into(),
             partitions: 8,
             replication_factor: 1,
@@ -124,6 +129,9 @@ pub struct ServiceConfig {
     /// First and longest wait between retries of a failed MongoDB write or DLQ send.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// Consumption pauses while more facts than this wait for MongoDB (bounds memory during
+    /// an outage; the views themselves coalesce and need no bound).
+    pub max_pending_facts: usize,
 }
 
 impl Default for ServiceConfig {
@@ -134,6 +142,7 @@ impl Default for ServiceConfig {
             http_listen: "127.0.0.1:9464".into(),
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
+            max_pending_facts: 500_000,
         }
     }
 }
@@ -191,16 +200,27 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return bad("kafka.brokers is empty".into());
         }
-        for (key, name) in [("kafka.topic", &self.kafka.topic), ("kafka.dlq_topic", &self.kafka.dlq_topic)] {
+        let k = &self.kafka;
+        let mut names = vec![("kafka.topic", &k.topic), ("kafka.dlq_topic", &k.dlq_topic)];
+        if !k.sessions_topic.is_empty() {
+            names.extend([
+                ("kafka.sessions_topic", &k.sessions_topic),
+                ("kafka.sessions_dlq_topic", &k.sessions_dlq_topic),
+            ]);
+        }
+        let mut distinct: Vec<&String> = names.iter().map(|(_, n)| *n).collect();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() != names.len() {
+            return bad("kafka topics (topic, dlq_topic, sessions_topic, sessions_dlq_topic) must all differ".into());
+        }
+        for (key, name) in names {
             if name.is_empty()
                 || name.len() > 249
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             {
                 return bad(format!("{key} {name:?} is not a valid topic name"));
             }
-        }
-        if self.kafka.topic == self.kafka.dlq_topic {
-            return bad("kafka.dlq_topic must differ from kafka.topic".into());
         }
         if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
             return bad("kafka.partitions and kafka.replication_factor must be at least 1".into());

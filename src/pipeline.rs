@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::domain::{decode, Engine, EventKind, Outcome, RejectReason, Rejection, ViewChanges};
+use crate::domain::session::decode_session;
+use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection, ViewChanges};
 use crate::health::Health;
 use crate::kafka::dlq::{DeadLetters, SourcePosition};
-use crate::kafka::source::Source;
+use crate::kafka::source::{Source, TopicPartition};
 use crate::sink::mongo::MongoSink;
 use crate::telemetry::Metrics;
 
@@ -61,7 +62,7 @@ pub enum Until {
     /// Follow the topic forever.
     Forever,
     /// Stop once every partition's position reached this offset (replay to the end).
-    Offsets(BTreeMap<i32, i64>),
+    Offsets(BTreeMap<TopicPartition, i64>),
 }
 
 /// What a run did.
@@ -73,7 +74,20 @@ pub struct Summary {
     pub dead_lettered: u64,
     pub documents_written: u64,
     pub as_of: Option<DateTime<Utc>>,
-    pub positions: BTreeMap<i32, i64>,
+    pub positions: BTreeMap<TopicPartition, i64>,
+}
+
+/// What an input topic carries, and where its rejects go.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub kind: InputKind,
+    pub dlq_topic: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Transactions,
+    Sessions,
 }
 
 /// One flush on its way to the sink.
@@ -92,6 +106,8 @@ pub struct Cadence {
     pub as_of: AsOf,
     pub flush_every: Duration,
     pub backoff: Backoff,
+    /// Consumption pauses while more facts than this wait for MongoDB.
+    pub max_pending_facts: usize,
 }
 
 /// Everything the loop mutates, apart from the consumer that lends out messages.
@@ -101,9 +117,13 @@ pub struct Worker {
     metrics: Metrics,
     health: Arc<Health>,
     cadence: Cadence,
+    /// Per source topic index.
+    inputs: Vec<Input>,
     /// Next offset to read, per partition.
-    positions: BTreeMap<i32, i64>,
+    positions: BTreeMap<TopicPartition, i64>,
     summary: Summary,
+    /// Late-event counts already exported, per view.
+    late_exported: [u64; 2],
 }
 
 impl Worker {
@@ -112,43 +132,76 @@ impl Worker {
         dlq: DeadLetters,
         (metrics, health): (Metrics, Arc<Health>),
         cadence: Cadence,
-        positions: BTreeMap<i32, i64>,
+        (inputs, positions): (Vec<Input>, BTreeMap<TopicPartition, i64>),
     ) -> Self {
-        Worker { engine, dlq, metrics, health, cadence, positions, summary: Summary::default() }
+        Worker {
+            engine,
+            dlq,
+            metrics,
+            health,
+            cadence,
+            inputs,
+            positions,
+            summary: Summary::default(),
+            late_exported: [0; 2],
+        }
     }
 
-    async fn handle(&mut self, m: &BorrowedMessage<'_>) {
+    /// Too many facts wait for MongoDB: stop reading until the sink catches up.
+    fn backlogged(&self) -> bool {
+        self.engine.warehouse().pending_facts() >= self.cadence.max_pending_facts
+    }
+
+    async fn handle(&mut self, m: &BorrowedMessage<'_>, topic: usize) {
         self.metrics.events_consumed.inc();
         self.summary.consumed += 1;
         let message_ts = m.timestamp().to_millis();
-        tracing::trace!(partition = m.partition(), offset = m.offset(), timestamp = ?m.timestamp(), "message");
-        let rejection =
-            match decode(m.payload().unwrap_or_default(), message_ts.and_then(DateTime::from_timestamp_millis)) {
-                Err(rejection) => Some(rejection),
-                Ok(event) => match self.engine.apply_on(&event, lane(m.partition())) {
-                    Outcome::Applied { orphan_refund } => {
-                        self.summary.applied += 1;
+        tracing::trace!(topic, partition = m.partition(), offset = m.offset(), timestamp = ?m.timestamp(), "message");
+        let at = message_ts.and_then(DateTime::from_timestamp_millis);
+        let payload = m.payload().unwrap_or_default();
+        let lane = lane(m.partition());
+        let input = self.inputs[topic].clone();
+        let (outcome, id) = match input.kind {
+            InputKind::Transactions => match decode(payload, at) {
+                Err(rejection) => (Err(rejection), String::new()),
+                Ok(event) => {
+                    let outcome = self.engine.apply_on(&event, lane);
+                    if outcome == (Outcome::Applied { orphan_refund: true }) {
+                        self.metrics.refunds_unmatched.inc();
+                    }
+                    if matches!(outcome, Outcome::Applied { .. }) {
                         self.metrics.events_applied.with_label_values(&[event.tx.kind.as_str()]).inc();
-                        if orphan_refund {
-                            debug_assert_eq!(event.tx.kind, EventKind::Refund);
-                            self.metrics.refunds_unmatched.inc();
-                        }
-                        None
                     }
-                    Outcome::Duplicate => {
-                        self.summary.duplicates += 1;
-                        self.metrics.events_duplicate.inc();
-                        None
+                    (Ok(outcome), event.tx.transaction_id)
+                }
+            },
+            InputKind::Sessions => match decode_session(payload, at) {
+                Err(rejection) => (Err(rejection), String::new()),
+                Ok(event) => {
+                    let outcome = self.engine.apply_session(&event, lane);
+                    if matches!(outcome, Outcome::Applied { .. }) {
+                        self.metrics.events_applied.with_label_values(&["session"]).inc();
                     }
-                    Outcome::Conflicting => Some(Rejection::new(
-                        RejectReason::ConflictingDuplicate,
-                        format_args!(
-                            "transaction_id {:?} was already applied with different content",
-                            event.tx.transaction_id
-                        ),
-                    )),
-                },
-            };
+                    (Ok(outcome), event.tx.session_id)
+                }
+            },
+        };
+        let rejection = match outcome {
+            Err(rejection) => Some(rejection),
+            Ok(Outcome::Applied { .. }) => {
+                self.summary.applied += 1;
+                None
+            }
+            Ok(Outcome::Duplicate) => {
+                self.summary.duplicates += 1;
+                self.metrics.events_duplicate.inc();
+                None
+            }
+            Ok(Outcome::Conflicting) => Some(Rejection::new(
+                RejectReason::ConflictingDuplicate,
+                format_args!("{id:?} was already applied with different content"),
+            )),
+        };
         if let Some(rejection) = rejection {
             let from = SourcePosition {
                 topic: m.topic(),
@@ -156,15 +209,16 @@ impl Worker {
                 offset: m.offset(),
                 timestamp_ms: message_ts,
             };
-            self.dead_letter(m.key(), m.payload(), &rejection, &from).await;
+            self.dead_letter(&input.dlq_topic, m.key(), m.payload(), &rejection, &from).await;
         }
-        self.positions.insert(m.partition(), m.offset() + 1);
+        self.positions.insert((topic, m.partition()), m.offset() + 1);
     }
 
     /// Sends to the DLQ, retrying with backoff until the broker takes it: the partition
     /// waits rather than losing the message.
     async fn dead_letter(
         &mut self,
+        dlq_topic: &str,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         rejection: &Rejection,
@@ -172,7 +226,7 @@ impl Worker {
     ) {
         let mut delay = self.cadence.backoff.initial;
         loop {
-            match self.dlq.send(key, payload, rejection, from).await {
+            match self.dlq.send(dlq_topic, key, payload, rejection, from).await {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed");
@@ -206,7 +260,12 @@ impl Worker {
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
+        let late = [self.engine.products().late_lines(), self.engine.trends().late_events()];
+        for (i, view) in ["product_performance", "sales_trends"].into_iter().enumerate() {
+            self.metrics.late_events.with_label_values(&[view]).inc_by(late[i] - self.late_exported[i]);
+        }
+        self.late_exported = late;
         self.metrics.customers.set(self.engine.rfm().customer_count() as i64);
         self.metrics.dedup_entries.set(self.engine.dedup_len() as i64);
         if let Some(w) = self.engine.watermark() {
@@ -217,7 +276,7 @@ impl Worker {
     fn caught_up(&self, until: &Until) -> bool {
         match until {
             Until::Forever => false,
-            Until::Offsets(end) => end.iter().all(|(p, &e)| self.positions.get(p).copied().unwrap_or(0) >= e),
+            Until::Offsets(end) => end.iter().all(|(tp, &e)| self.positions.get(tp).copied().unwrap_or(0) >= e),
         }
     }
 }
@@ -247,8 +306,11 @@ impl Pipeline {
                         info!(consumed = worker.summary.consumed, applied = worker.summary.applied, dead_lettered = worker.summary.dead_lettered, "progress");
                     }
                 }
-                msg = source.consumer.recv() => match msg {
-                    Ok(m) => worker.handle(&m).await,
+                msg = source.consumer.recv(), if !worker.backlogged() => match msg {
+                    Ok(m) => match source.topic_index(m.topic()) {
+                        Some(topic) => worker.handle(&m, topic).await,
+                        None => warn!(topic = m.topic(), "message from an unassigned topic ignored"),
+                    },
                     Err(e) => {
                         warn!(error = %e, "consumer error; librdkafka retries");
                         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -31,19 +31,18 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
     s.create_topics();
     let messages = stream(7, 4000);
     s.produce(&messages).await;
+    let sessions = loadtest::sessions(&GenConfig { seed: 7, customers: 600, ..GenConfig::default() }, 800);
+    common::produce(&s.sessions, &sessions).await;
 
     let out = s.martstream(&["replay", "--clock", "event"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let applied = recompute::applied(&messages);
-    let duplicates = messages.iter().filter(|m| m.label == Label::Duplicate).count();
-    assert!(
-        stdout.contains(&format!(
-            "replayed {} messages: {} applied, {duplicates} duplicates",
-            messages.len(),
-            applied.len()
-        )),
-        "{stdout}"
-    );
+    let all = || messages.iter().chain(&sessions);
+    let duplicates = all().filter(|m| m.label == Label::Duplicate).count();
+    let valid = all().filter(|m| m.label == Label::Valid).count();
+    let consumed = messages.len() + sessions.len();
+    let want = format!("replayed {consumed} messages: {valid} applied, {duplicates} duplicates");
+    assert!(stdout.contains(&want), "{stdout} (expected {want})");
 
     let as_of = recompute::event_clock(&applied);
     let expected = recompute::rfm(&applied, as_of, false);
@@ -57,6 +56,13 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
 
     let db = common::mongo().await.database(&s.database);
     recompute::check_star_schema(&db, &applied).await.unwrap();
+    recompute::check_sessions(&db, &sessions).await.unwrap();
+    let bad_sessions = sessions.iter().filter(|m| matches!(m.label, Label::Malformed(_))).count();
+    let session_letters = read_topic(&s.sessions_dlq, bad_sessions);
+    assert_eq!(session_letters.len(), bad_sessions);
+    assert!(session_letters
+        .iter()
+        .all(|l| l.headers["reason"] == "wrong_type" && l.headers["source_topic"] == s.sessions));
     let validator =
         db.run_command(mongodb::bson::doc! { "listCollections": 1, "filter": { "name": "fact_sales" } }).await.unwrap();
     assert!(format!("{validator}").contains("$jsonSchema"), "fact_sales has the batch design's validator: {validator}");

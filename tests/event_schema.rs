@@ -58,3 +58,28 @@ fn the_schema_rejects_what_the_spec_forbids() {
         assert!(!schema.is_valid(&v), "{pointer} = {bad} should be invalid");
     }
 }
+
+#[test]
+fn session_summaries_validate_against_their_schema_and_the_decoder() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topics/customer_sessions.schema.json")).unwrap();
+    let schema = jsonschema::validator_for(&serde_json::from_str::<Value>(&text).unwrap()).unwrap();
+    let messages = loadtest::sessions(&GenConfig::default(), 2000);
+    let mut rejected = 0;
+    for m in &messages {
+        let v: Value = serde_json::from_str(&m.payload).unwrap();
+        let decoded = martstream::domain::session::decode_session(m.payload.as_bytes(), None);
+        match m.label {
+            Label::Malformed(reason) => {
+                assert!(!schema.is_valid(&v), "{}", m.payload);
+                assert_eq!(decoded.unwrap_err().reason.as_str(), reason);
+                rejected += 1;
+            }
+            _ => {
+                assert!(schema.is_valid(&v), "{}", m.payload);
+                assert!(decoded.is_ok(), "{}", m.payload);
+            }
+        }
+    }
+    assert!(rejected > 10);
+}

@@ -307,6 +307,51 @@ impl Iterator for Generator {
     }
 }
 
+/// Browsing-session summaries for the `customer_sessions` topic, over the same customers
+/// and time span: some with cart adds and no purchase (abandoned), a few exact resends and
+/// a few malformed ones.
+pub fn sessions(cfg: &GenConfig, count: usize) -> Vec<Message> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5e55_1045);
+    let mut out: Vec<Message> = Vec::with_capacity(count);
+    for i in 0..count {
+        let start = cfg.start
+            + Duration::milliseconds((i as f64 / count.max(1) as f64 * f64::from(cfg.days) * 86_400_000.0) as i64)
+            + Duration::seconds(rng.gen_range(0..3600));
+        let sent = start + Duration::hours(2);
+        let roll: f64 = rng.gen();
+        if roll < 0.03 && !out.is_empty() {
+            let prev = out.iter().rev().find(|m| m.label == Label::Valid).cloned();
+            if let Some(mut m) = prev {
+                m.label = Label::Duplicate;
+                m.timestamp = sent;
+                out.push(m);
+                continue;
+            }
+        }
+        let user = format!("C{:06}", ((rng.gen::<f64>().powf(2.5)) * cfg.customers as f64) as usize);
+        let cart_adds = if rng.gen_bool(0.6) { rng.gen_range(1..5) } else { 0 };
+        let mut v = json!({
+            "session_id": format!("S{i:08}-{}", cfg.seed),
+            "user_id": user,
+            "session_start": start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "session_end": (start + Duration::seconds(rng.gen_range(30..3600))).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "page_views": rng.gen_range(1..40),
+            "products_viewed": rng.gen_range(0..15),
+            "cart_adds": cart_adds,
+            "cart_removes": if cart_adds > 1 { 1 } else { 0 },
+            "purchase_completed": cart_adds > 0 && rng.gen_bool(0.4),
+        });
+        let label = if roll > 0.98 {
+            v["page_views"] = json!("many");
+            Label::Malformed("wrong_type")
+        } else {
+            Label::Valid
+        };
+        out.push(Message { key: user, payload: v.to_string(), timestamp: sent, label });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,14 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use super::event::{EventKind, Transaction, UNCATEGORIZED};
 use super::product::{ProductConfig, ProductDoc};
 use super::rfm::{RfmConfig, RfmDoc, Scoring};
-use super::trends::{Bucket, DailyExtras, Granularity, TrendConfig, TrendDoc};
+use super::session::Session;
+use super::trends::{Bucket, DailyExtras, Granularity, SessionCounts, TrendConfig, TrendDoc};
+
+/// The sessions that count: the first arrival of each `session_id`, in arrival order.
+pub fn first_sessions<'a>(sessions: impl IntoIterator<Item = &'a Session>) -> Vec<&'a Session> {
+    let mut seen = HashSet::new();
+    sessions.into_iter().filter(|s| seen.insert(s.session_id.as_str())).collect()
+}
 
 /// The events that count: the first arrival of each `transaction_id`, in arrival order.
 pub fn first_arrivals<'a>(events: impl IntoIterator<Item = &'a Transaction>) -> Vec<&'a Transaction> {
@@ -177,8 +184,25 @@ pub fn products(events: &[&Transaction], as_of: DateTime<Utc>, config: &ProductC
     docs
 }
 
-/// `sales_trends`, sorted by granularity then date.
-pub fn trends(events: &[&Transaction], as_of: DateTime<Utc>, config: &TrendConfig) -> Vec<TrendDoc> {
+/// `sales_trends`, sorted by granularity then date. `sessions`: the first arrival of each
+/// browsing session.
+pub fn trends(
+    events: &[&Transaction],
+    sessions: &[&Session],
+    as_of: DateTime<Utc>,
+    config: &TrendConfig,
+) -> Vec<TrendDoc> {
+    let mut by_day: BTreeMap<NaiveDate, SessionCounts> = BTreeMap::new();
+    for s in sessions {
+        let c = by_day.entry(s.session_start.date_naive()).or_default();
+        c.sessions += 1;
+        if s.cart_adds > 0 {
+            c.with_cart += 1;
+            if !s.purchase_completed {
+                c.abandoned += 1;
+            }
+        }
+    }
     let mut days: BTreeMap<NaiveDate, Bucket> = BTreeMap::new();
     let mut weeks: BTreeMap<NaiveDate, Bucket> = BTreeMap::new();
     let mut months: BTreeMap<NaiveDate, Bucket> = BTreeMap::new();
@@ -216,6 +240,7 @@ pub fn trends(events: &[&Transaction], as_of: DateTime<Utc>, config: &TrendConfi
                 revenue_7day_sum_cents: week.iter().map(|&x| revenue(x)).sum(),
                 transactions_7day_sum: week.iter().map(|x| days.get(x).map_or(0, |b| b.purchases)).sum(),
                 prev_day_revenue_cents: days.get(&(d - chrono::Duration::days(1))).map(Bucket::revenue),
+                sessions: by_day.get(&d).copied().unwrap_or_default(),
             }),
             analysis_date: as_of,
         });

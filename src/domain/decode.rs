@@ -76,8 +76,8 @@ impl Rejection {
 
 /// A valid event and the fingerprint of its parsed JSON.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decoded {
-    pub tx: Transaction,
+pub struct Decoded<T = Transaction> {
+    pub tx: T,
     /// Hash of the parsed JSON with key order, whitespace, `null` members and the spelling of
     /// numbers (`2` / `2.0`) aside: two copies with equal fingerprints are the same event.
     pub fingerprint: u64,
@@ -147,6 +147,20 @@ pub fn decode(payload: &[u8], message_ts: Option<DateTime<Utc>>) -> Result<Decod
     })
 }
 
+/// Parses a message value that must be one JSON object.
+pub(crate) fn parse_object(payload: &[u8]) -> Result<Value, Rejection> {
+    use RejectReason::InvalidJson;
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(Rejection::new(InvalidJson, "empty message"));
+    }
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| Rejection::new(InvalidJson, format_args!("not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Rejection::new(InvalidJson, "the event is not a JSON object"));
+    }
+    Ok(value)
+}
+
 fn decode_items(fields: &Fields<'_>) -> Result<Vec<LineItem>, Rejection> {
     use RejectReason::*;
     let items = match fields.get("items") {
@@ -195,7 +209,7 @@ fn decode_items(fields: &Fields<'_>) -> Result<Vec<LineItem>, Rejection> {
 }
 
 /// Strict RFC 3339: `YYYY-MM-DDTHH:MM:SS[.fff…]` and `Z` or `±HH:MM`; any offset, kept in UTC.
-fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
+pub(crate) fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
     let bad = || {
         Rejection::new(
             RejectReason::InvalidTimestamp,
@@ -209,15 +223,15 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
 }
 
 /// The members of one JSON object, read with the SPEC's reasons for what is wrong.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
+pub(crate) struct Fields<'a> {
+    pub(crate) obj: &'a Map<String, Value>,
     /// Prefix naming where the object sits, e.g. `items[2].`.
-    path: &'a str,
+    pub(crate) path: &'a str,
 }
 
 impl<'a> Fields<'a> {
     /// A member, with `null` counted as absent.
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
@@ -237,7 +251,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn req_str(&self, key: &str) -> Result<&'a str, Rejection> {
+    pub(crate) fn req_str(&self, key: &str) -> Result<&'a str, Rejection> {
         self.opt_str(key)?.ok_or_else(|| self.missing(key))
     }
 
@@ -255,7 +269,7 @@ impl<'a> Fields<'a> {
         Ok(Some(id.to_owned()))
     }
 
-    fn id(&self, key: &str) -> Result<String, Rejection> {
+    pub(crate) fn id(&self, key: &str) -> Result<String, Rejection> {
         self.opt_id(key)?.ok_or_else(|| self.missing(key))
     }
 
@@ -281,6 +295,31 @@ impl<'a> Fields<'a> {
             ));
         }
         Ok(n)
+    }
+
+    /// A required count: a JSON integer from 0 to [`MAX_QUANTITY`].
+    pub(crate) fn count(&self, key: &str) -> Result<i64, Rejection> {
+        let value = self.get(key).ok_or_else(|| self.missing(key))?;
+        let n = match value {
+            Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
+            _ => return Err(self.wrong_type(key, "a JSON integer")),
+        };
+        if !(0..=MAX_QUANTITY).contains(&n) {
+            return Err(Rejection::new(
+                RejectReason::OutOfRange,
+                format_args!("{}{key} is {n}, expected 0 to {MAX_QUANTITY}", self.path),
+            ));
+        }
+        Ok(n)
+    }
+
+    /// A required boolean.
+    pub(crate) fn flag(&self, key: &str) -> Result<bool, Rejection> {
+        match self.get(key) {
+            None => Err(self.missing(key)),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.wrong_type(key, "true or false")),
+        }
     }
 
     /// An optional amount of money ≥ 0, rounded to cents.

@@ -12,6 +12,7 @@ use super::dedup::{Arrival, DedupIndex, Seen};
 use super::event::EventKind;
 use super::product::{ProductChanges, ProductConfig, ProductState};
 use super::rfm::{RfmConfig, RfmDoc, RfmState};
+use super::session::{Session, SessionFact};
 use super::trends::{TrendChanges, TrendConfig, TrendState};
 use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Warehouse};
 
@@ -56,12 +57,14 @@ pub struct ViewChanges {
     pub trends: TrendChanges,
     /// New facts (both tables) and dimension rows to upsert.
     pub facts: Vec<Fact>,
+    pub sessions: Vec<SessionFact>,
     pub dims: DimDocs,
 }
 
 impl ViewChanges {
     pub fn is_empty(&self) -> bool {
         self.facts.is_empty()
+            && self.sessions.is_empty()
             && self.dims.is_empty()
             && self.rfm.is_empty()
             && self.products.upserts.is_empty()
@@ -74,6 +77,7 @@ impl ViewChanges {
 #[derive(Debug, Clone)]
 pub struct Engine {
     dedup: DedupIndex,
+    session_dedup: DedupIndex,
     rfm: RfmState,
     products: ProductState,
     trends: TrendState,
@@ -85,6 +89,7 @@ impl Engine {
     pub fn new(config: ViewConfig) -> Self {
         Engine {
             dedup: DedupIndex::new(config.dedup_horizon_days),
+            session_dedup: DedupIndex::new(config.dedup_horizon_days),
             rfm: RfmState::new(config.rfm),
             products: ProductState::new(config.products),
             trends: TrendState::new(config.trends),
@@ -155,14 +160,32 @@ impl Engine {
         Outcome::Applied { orphan_refund }
     }
 
+    /// Applies a browsing session that arrived on `lane` of the sessions topic; sessions
+    /// are deduplicated by `session_id` like transactions by `transaction_id`.
+    pub fn apply_session(&mut self, event: &Decoded<Session>, lane: u16) -> Outcome {
+        let session = &event.tx;
+        match self.session_dedup.check(&session.session_id, event.fingerprint) {
+            Arrival::Duplicate => return Outcome::Duplicate,
+            Arrival::Conflicting => return Outcome::Conflicting,
+            Arrival::New => {}
+        }
+        let day = epoch_day(session.session_start.date_naive());
+        let seen = Seen { fingerprint: event.fingerprint, day, lane, kind: EventKind::Purchase };
+        self.session_dedup.record(&session.session_id, seen);
+        self.warehouse.apply_session(session);
+        self.trends.apply_session(session);
+        Outcome::Applied { orphan_refund: false }
+    }
+
     /// Changed documents as of `as_of` (every document with `full`).
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
         let rfm = self.rfm.flush(as_of, full);
         let products = self.products.flush(as_of, full);
         let trends = self.trends.flush(as_of, full);
         let (facts, changed) = self.warehouse.flush();
+        let sessions = self.warehouse.take_sessions();
         let dims = self.dim_docs(&rfm, changed);
-        ViewChanges { rfm, products, trends, facts, dims }
+        ViewChanges { rfm, products, trends, facts, sessions, dims }
     }
 
     /// Completes the dimension rows: products from their latest attributes; customers whose
@@ -223,6 +246,7 @@ mod tests {
     use crate::domain::batch;
     use crate::domain::product::ProductDoc;
     use crate::domain::rfm::Scoring;
+    use crate::domain::session::Session;
     use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
     use crate::domain::trends::TrendDoc;
     use crate::domain::warehouse::{DimCustomer, DimProduct, Fact};
@@ -286,10 +310,11 @@ mod tests {
         arrivals: &[Arrival],
         final_hours: i16,
         monotone: bool,
-    ) -> (Views, Vec<Transaction>, DateTime<Utc>) {
+    ) -> (Views, Vec<Transaction>, Vec<Session>, DateTime<Utc>) {
         let mut engine = Engine::new(config.clone());
         let mut views = Views::default();
         let mut accepted = Vec::new();
+        let mut sessions = Vec::new();
         let mut last_as_of: Option<DateTime<Utc>> = None;
         let mut as_of = |engine: &Engine, hours: i16| {
             let t = engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into());
@@ -302,6 +327,10 @@ mod tests {
                 Arrival::Event(d) => match engine.apply(d) {
                     Outcome::Conflicting => {}
                     _ => accepted.push(d.tx.clone()),
+                },
+                Arrival::Session(d) => match engine.apply_session(d, 0) {
+                    Outcome::Conflicting => {}
+                    _ => sessions.push(d.tx.clone()),
                 },
                 Arrival::Flush(hours) => views.apply(engine.flush(as_of(&engine, *hours), false)),
             }
@@ -324,7 +353,7 @@ mod tests {
             assert_eq!(incremental.products, full.products, "product_performance: incremental != full flush");
             assert_eq!(incremental.trends, full.trends, "sales_trends: incremental != full flush");
         }
-        (full, accepted, last)
+        (full, accepted, sessions, last)
     }
 
     fn config(scoring: Scoring) -> ViewConfig {
@@ -336,7 +365,7 @@ mod tests {
 
     fn check(scoring: Scoring, arrivals: &[Arrival], final_hours: i16) -> Result<(), TestCaseError> {
         let config = config(scoring);
-        let (views, accepted, as_of) = run(&config, arrivals, final_hours, false);
+        let (views, accepted, _, as_of) = run(&config, arrivals, final_hours, false);
         let expected = batch::rfm(&batch::first_arrivals(&accepted), as_of, &config.rfm);
         let got: Vec<RfmDoc> = views.rfm.into_values().collect();
         prop_assert_eq!(got, expected);
@@ -344,14 +373,15 @@ mod tests {
     }
 
     fn check_all(arrivals: &[Arrival], final_hours: i16, config: &ViewConfig) -> Result<(), TestCaseError> {
-        let (views, accepted, as_of) = run(config, arrivals, final_hours, true);
+        let (views, accepted, sessions, as_of) = run(config, arrivals, final_hours, true);
         let events = batch::first_arrivals(&accepted);
+        let sessions = batch::first_sessions(&sessions);
         prop_assert_eq!(views.rfm.values().cloned().collect::<Vec<_>>(), batch::rfm(&events, as_of, &config.rfm));
         prop_assert_eq!(
             views.products.into_values().collect::<Vec<_>>(),
             batch::products(&events, as_of, &config.products)
         );
-        let mut want = batch::trends(&events, as_of, &config.trends);
+        let mut want = batch::trends(&events, &sessions, as_of, &config.trends);
         want.sort_by_key(TrendDoc::id);
         prop_assert_eq!(views.trends.values().cloned().collect::<Vec<_>>(), want);
         check_star_schema(&views.facts, &views.dim_products, &views.dim_customers, &events, &views.rfm)
@@ -450,7 +480,7 @@ mod tests {
             .iter()
             .map(|a| match a {
                 Arrival::Event(d) => engine.apply(d),
-                Arrival::Flush(_) => unreachable!(),
+                _ => unreachable!(),
             })
             .collect();
         assert_eq!(
@@ -488,7 +518,7 @@ mod lane_tests {
             .into_iter()
             .map(|a| match a {
                 Arrival::Event(d) => d,
-                Arrival::Flush(_) => unreachable!(),
+                _ => unreachable!(),
             })
             .collect();
         let mut engine = Engine::new(ViewConfig::default());

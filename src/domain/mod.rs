@@ -10,6 +10,7 @@
 //! - [`rfm`]: per-customer RFM state and the `customer_rfm_analysis` documents.
 //! - [`product`]: per-product day buckets over the sliding window, `product_performance`.
 //! - [`trends`]: daily / ISO-weekly / monthly buckets, `sales_trends`.
+//! - [`session`]: browsing-session summaries (`customer_sessions` topic) and their facts.
 //! - [`warehouse`]: the star schema's facts and dimensions, with stable surrogate keys.
 //! - [`engine`]: all of the above behind `apply(event)` and `flush(as_of)`.
 //! - [`batch`]: a straightforward full recompute of every view, the oracle the incremental
@@ -25,6 +26,7 @@ pub mod money;
 pub mod product;
 pub mod ranked;
 pub mod rfm;
+pub mod session;
 #[cfg(test)]
 mod testgen;
 pub mod trends;

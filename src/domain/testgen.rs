@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::decode::Decoded;
 use super::event::{EventKind, LineItem, Transaction};
+use super::session::Session;
 
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -14,6 +15,7 @@ pub enum Step {
     Resend(u16),
     Conflict(u16),
     Flush { hours: i16 },
+    Session { user: u8, minute: u32, cart_adds: u8, purchase: bool, resend: bool },
 }
 
 /// What a step stream becomes: arrivals (with the flushes between them).
@@ -21,6 +23,7 @@ pub enum Step {
 #[allow(clippy::large_enum_variant)]
 pub enum Arrival {
     Event(Decoded),
+    Session(Decoded<Session>),
     Flush(i16),
 }
 
@@ -45,6 +48,8 @@ pub fn steps(max_len: usize, days: u32) -> impl Strategy<Value = Vec<Step>> {
         1 => any::<u16>().prop_map(Step::Resend),
         1 => any::<u16>().prop_map(Step::Conflict),
         1 => (-48i16..72).prop_map(|hours| Step::Flush { hours }),
+        2 => (0u8..12, 0..days * 24 * 60, 0u8..3, any::<bool>(), prop::bool::weighted(0.15))
+            .prop_map(|(user, minute, cart_adds, purchase, resend)| Step::Session { user, minute, cart_adds, purchase, resend }),
     ];
     prop::collection::vec(step, 0..max_len)
 }
@@ -102,6 +107,24 @@ pub fn arrivals(steps: &[Step]) -> Vec<Arrival> {
                 out.push(Arrival::Event(d));
             }
             Step::Flush { hours } => out.push(Arrival::Flush(*hours)),
+            Step::Session { user, minute, cart_adds, purchase, resend } => {
+                let start = base_time() + Duration::minutes(i64::from(*minute));
+                // A resend repeats the previous session id (same or different content).
+                let id = if *resend && n > 0 { format!("s{}", n - 1) } else { format!("s{n}") };
+                let session = Session {
+                    session_id: id,
+                    user_id: format!("u{user}"),
+                    session_start: start,
+                    session_end: start + Duration::minutes(i64::from(*cart_adds) * 7 + 1),
+                    page_views: 3,
+                    products_viewed: 2,
+                    cart_adds: i64::from(*cart_adds),
+                    cart_removes: 0,
+                    purchase_completed: *purchase,
+                };
+                let fingerprint = xxhash_rust::xxh3::xxh3_64(format!("{session:?}").as_bytes());
+                out.push(Arrival::Session(Decoded { tx: session, fingerprint }));
+            }
             _ => {}
         }
     }

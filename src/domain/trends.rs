@@ -92,6 +92,23 @@ pub struct DailyExtras {
     pub transactions_7day_sum: i64,
     /// Net revenue of d−1, when d−1 had events.
     pub prev_day_revenue_cents: Option<Cents>,
+    /// Browsing sessions that started on d, those with cart adds, and those abandoned.
+    pub sessions: SessionCounts,
+}
+
+/// Browsing sessions of one day (from `customer_sessions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    pub sessions: i64,
+    pub with_cart: i64,
+    pub abandoned: i64,
+}
+
+impl SessionCounts {
+    /// Abandoned carts over sessions that added to the cart; null when none did.
+    pub fn cart_abandonment_rate(&self) -> Option<f64> {
+        (self.with_cart > 0).then(|| self.abandoned as f64 / self.with_cart as f64)
+    }
 }
 
 impl DailyExtras {
@@ -165,13 +182,20 @@ struct Series {
 pub struct TrendState {
     config: TrendConfig,
     series: [Series; 3],
+    sessions: BTreeMap<Period, SessionCounts>,
     last_as_of_day: Option<i32>,
     late_events: u64,
 }
 
 impl TrendState {
     pub fn new(config: TrendConfig) -> Self {
-        TrendState { config, series: Default::default(), last_as_of_day: None, late_events: 0 }
+        TrendState {
+            config,
+            series: Default::default(),
+            sessions: BTreeMap::new(),
+            last_as_of_day: None,
+            late_events: 0,
+        }
     }
 
     /// Events dated before every retention when they arrived.
@@ -200,6 +224,21 @@ impl TrendState {
         }
     }
 
+    /// Counts a browsing session on the day it started (shown on that day's document).
+    pub fn apply_session(&mut self, session: &super::session::Session) {
+        let day = epoch_day(session.session_start.date_naive());
+        let s = &mut self.series[Granularity::Daily as usize];
+        if s.floor.is_some_and(|f| day < f) {
+            self.late_events += 1;
+            return;
+        }
+        let c = self.sessions.entry(day).or_default();
+        c.sessions += 1;
+        c.with_cart += i64::from(session.cart_adds > 0);
+        c.abandoned += i64::from(session.cart_abandoned());
+        s.dirty.insert(day);
+    }
+
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> TrendChanges {
         let today = epoch_day(as_of.date_naive());
         let slid = full || self.last_as_of_day != Some(today);
@@ -210,6 +249,9 @@ impl TrendState {
             let s = &mut self.series[g as usize];
             let keep_from = if g == Granularity::Daily { first - 6 } else { first };
             s.buckets = s.buckets.split_off(&keep_from);
+            if g == Granularity::Daily {
+                self.sessions = self.sessions.split_off(&keep_from);
+            }
             s.floor = Some(keep_from);
             let dirty = std::mem::take(&mut s.dirty);
             let periods: Vec<Period> = if slid {
@@ -218,7 +260,7 @@ impl TrendState {
                 dirty.range(first..=last).copied().filter(|p| s.buckets.contains_key(p)).collect()
             };
             for p in periods {
-                out.upserts.push(doc(g, p, &s.buckets, as_of));
+                out.upserts.push(doc(g, p, &s.buckets, &self.sessions, as_of));
                 s.shown.insert(p);
             }
             let gone: Vec<Period> = s.shown.iter().copied().filter(|p| *p < first || *p > last).collect();
@@ -262,7 +304,13 @@ pub fn period_date(g: Granularity, p: Period) -> NaiveDate {
     }
 }
 
-fn doc(g: Granularity, p: Period, buckets: &BTreeMap<Period, Bucket>, as_of: DateTime<Utc>) -> TrendDoc {
+fn doc(
+    g: Granularity,
+    p: Period,
+    buckets: &BTreeMap<Period, Bucket>,
+    sessions: &BTreeMap<Period, SessionCounts>,
+    as_of: DateTime<Utc>,
+) -> TrendDoc {
     let daily = (g == Granularity::Daily).then(|| {
         let week = buckets.range(p - 6..=p).map(|(_, b)| b);
         let (revenue, transactions) = week.fold((0, 0), |(r, t), b| (r + b.revenue(), t + b.purchases));
@@ -270,6 +318,7 @@ fn doc(g: Granularity, p: Period, buckets: &BTreeMap<Period, Bucket>, as_of: Dat
             revenue_7day_sum_cents: revenue,
             transactions_7day_sum: transactions,
             prev_day_revenue_cents: buckets.get(&(p - 1)).map(Bucket::revenue),
+            sessions: sessions.get(&p).copied().unwrap_or_default(),
         }
     });
     TrendDoc { granularity: g, date: period_date(g, p), bucket: buckets[&p], daily, analysis_date: as_of }

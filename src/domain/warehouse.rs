@@ -106,6 +106,7 @@ pub struct Warehouse {
     pub locations: KeyRegistry<LocationKey>,
     dates: HashSet<i32>,
     pending_facts: Vec<Fact>,
+    pending_sessions: Vec<super::session::SessionFact>,
     changed_products: BTreeMap<i32, String>,
     new_customers: Vec<(i32, String)>,
     new_locations: Vec<(i32, Location)>,
@@ -115,7 +116,29 @@ pub struct Warehouse {
 impl Warehouse {
     /// Facts waiting for the next flush.
     pub fn pending_facts(&self) -> usize {
-        self.pending_facts.len()
+        self.pending_facts.len() + self.pending_sessions.len()
+    }
+
+    /// A browsing session becomes a `fact_customer_sessions` row.
+    pub fn apply_session(&mut self, session: &super::session::Session) {
+        let (customer_key, new) = self.customers.key(&session.user_id.as_str().into());
+        if new {
+            self.new_customers.push((customer_key, session.user_id.clone()));
+        }
+        let date = session.session_start.date_naive();
+        if self.dates.insert(epoch_day(date)) {
+            self.new_dates.push(date);
+        }
+        self.pending_sessions.push(super::session::SessionFact {
+            session: session.clone(),
+            customer_key,
+            date_key: date_key(date),
+        });
+    }
+
+    /// Session rows waiting for the next flush.
+    pub fn take_sessions(&mut self) -> Vec<super::session::SessionFact> {
+        std::mem::take(&mut self.pending_sessions)
     }
 
     /// Marks a product's dimension row for rewriting (its attributes changed).

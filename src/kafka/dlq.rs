@@ -22,7 +22,6 @@ pub struct SourcePosition<'a> {
 
 pub struct DeadLetters {
     producer: FutureProducer<LogContext>,
-    topic: String,
 }
 
 impl DeadLetters {
@@ -32,16 +31,13 @@ impl DeadLetters {
         // Created after the source confirmed the broker: its problems are warnings at once.
         let context = LogContext::default();
         context.mark_started();
-        Ok(DeadLetters { producer: config.create_with_context(context)?, topic: kafka.dlq_topic.clone() })
+        Ok(DeadLetters { producer: config.create_with_context(context)? })
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// Sends one rejected message and waits for the broker's acknowledgement.
+    /// Sends one rejected message to `dlq_topic` and waits for the broker's acknowledgement.
     pub async fn send(
         &self,
+        dlq_topic: &str,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         rejection: &Rejection,
@@ -59,7 +55,7 @@ impl DeadLetters {
         if let Some(ts) = &timestamp {
             headers = headers.insert(Header { key: "source_timestamp", value: Some(ts.as_str()) });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }

@@ -46,17 +46,21 @@ impl std::str::FromStr for StartAt {
     }
 }
 
+/// A partition of one of the source's topics: (index into `Source::topics`, partition).
+pub type TopicPartition = (usize, i32);
+
 pub struct Source {
     pub consumer: StreamConsumer<LogContext>,
-    pub topic: String,
-    pub partitions: Vec<i32>,
+    /// The input topics, in the order of their index.
+    pub topics: Vec<String>,
+    pub partitions: Vec<TopicPartition>,
     timeout: Duration,
 }
 
 impl Source {
-    /// Connects and reads the topic's partitions; an unreachable broker or a missing topic is
-    /// an error here, at start.
-    pub fn connect(kafka: &KafkaConfig) -> Result<Source, KafkaError> {
+    /// Connects and reads the topics' partitions; an unreachable broker or a missing topic
+    /// is an error here, at start.
+    pub fn connect(kafka: &KafkaConfig, topics: Vec<String>) -> Result<Source, KafkaError> {
         let mut config = client_config(kafka);
         config
             .set("group.id", &kafka.group_id)
@@ -67,78 +71,86 @@ impl Source {
         let context = LogContext::default();
         let consumer: StreamConsumer<LogContext> = config.create_with_context(context.clone())?;
         let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-        let metadata = consumer.fetch_metadata(Some(&kafka.topic), timeout).map_err(|e| KafkaError::Unreachable {
-            brokers: kafka.brokers.clone(),
-            timeout,
-            reason: super::short_reason(&e),
-        })?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == kafka.topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(KafkaError::NoSuchTopic(kafka.topic.clone()));
+        let mut partitions = Vec::new();
+        for (i, topic) in topics.iter().enumerate() {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| KafkaError::Unreachable {
+                brokers: kafka.brokers.clone(),
+                timeout,
+                reason: super::short_reason(&e),
+            })?;
+            let found: Vec<TopicPartition> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(move |p| (i, p.id())))
+                .collect();
+            if found.is_empty() {
+                return Err(KafkaError::NoSuchTopic(topic.clone()));
+            }
+            partitions.extend(found);
         }
         context.mark_started();
-        Ok(Source { consumer, topic: kafka.topic.clone(), partitions, timeout })
+        Ok(Source { consumer, topics, partitions, timeout })
+    }
+
+    /// The index of a topic name.
+    pub fn topic_index(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t == name)
     }
 
     /// `(low, high)` watermarks of every partition: the first offset held and the offset the
     /// next message will get.
-    pub fn watermarks(&self) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+    pub fn watermarks(&self) -> Result<BTreeMap<TopicPartition, (i64, i64)>, KafkaError> {
         self.partitions
             .iter()
-            .map(|&p| Ok((p, self.consumer.fetch_watermarks(&self.topic, p, self.timeout)?)))
+            .map(|&(t, p)| Ok(((t, p), self.consumer.fetch_watermarks(&self.topics[t], p, self.timeout)?)))
             .collect()
     }
 
-    /// Resolves `start` to a concrete offset per partition and assigns them all.
-    pub fn assign(&self, start: &StartAt) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    /// Resolves `start` to a concrete offset per partition (of every topic) and assigns them.
+    pub fn assign(&self, start: &StartAt) -> Result<BTreeMap<TopicPartition, i64>, KafkaError> {
         let marks = self.watermarks()?;
-        let mut offsets: BTreeMap<i32, i64> = match start {
-            StartAt::Beginning => marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
-            StartAt::Offset(n) => marks.iter().map(|(&p, &(low, high))| (p, (*n).clamp(low, high))).collect(),
-            StartAt::Offsets(map) => {
-                marks.iter().map(|(&p, &(low, high))| (p, map.get(&p).map_or(low, |&o| o.clamp(low, high)))).collect()
-            }
+        let offsets: BTreeMap<TopicPartition, i64> = match start {
+            StartAt::Beginning => marks.iter().map(|(&tp, &(low, _))| (tp, low)).collect(),
+            StartAt::Offset(n) => marks.iter().map(|(&tp, &(low, high))| (tp, (*n).clamp(low, high))).collect(),
+            StartAt::Offsets(map) => marks
+                .iter()
+                .map(|(&tp, &(low, high))| (tp, map.get(&tp.1).map_or(low, |&o| o.clamp(low, high))))
+                .collect(),
             StartAt::Timestamp(t) => {
                 let mut tpl = TopicPartitionList::new();
-                for &p in &self.partitions {
-                    tpl.add_partition_offset(&self.topic, p, Offset::Offset(t.timestamp_millis()))?;
+                for &(topic, p) in &self.partitions {
+                    tpl.add_partition_offset(&self.topics[topic], p, Offset::Offset(t.timestamp_millis()))?;
                 }
                 let found = self.consumer.offsets_for_times(tpl, self.timeout)?;
                 found
                     .elements()
                     .iter()
-                    .map(|e| {
-                        let (low, high) = marks[&e.partition()];
+                    .filter_map(|e| {
+                        let tp = (self.topic_index(e.topic())?, e.partition());
+                        let (low, high) = marks[&tp];
                         let at = match e.offset() {
                             Offset::Offset(o) => o.clamp(low, high),
                             _ => high,
                         };
-                        (e.partition(), at)
+                        Some((tp, at))
                     })
                     .collect()
             }
         };
-        for &p in &self.partitions {
-            offsets.entry(p).or_insert(marks[&p].0);
-        }
         let mut tpl = TopicPartitionList::new();
-        for (&p, &o) in &offsets {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+        for (&(t, p), &o) in &offsets {
+            tpl.add_partition_offset(&self.topics[t], p, Offset::Offset(o))?;
         }
         self.consumer.assign(&tpl)?;
         Ok(offsets)
     }
 
     /// Reports positions to the consumer group, for lag monitoring only (best effort).
-    pub fn commit_for_monitoring(&self, positions: &BTreeMap<i32, i64>) {
+    pub fn commit_for_monitoring(&self, positions: &BTreeMap<TopicPartition, i64>) {
         let mut tpl = TopicPartitionList::new();
-        for (&p, &o) in positions {
-            if tpl.add_partition_offset(&self.topic, p, Offset::Offset(o)).is_err() {
+        for (&(t, p), &o) in positions {
+            if tpl.add_partition_offset(&self.topics[t], p, Offset::Offset(o)).is_err() {
                 return;
             }
         }

@@ -38,17 +38,22 @@ pub struct TopicDefinition {
 pub fn definitions(kafka: &KafkaConfig) -> Result<Vec<(String, TopicDefinition)>, KafkaError> {
     let defs: Definitions =
         toml::from_str(TOPICS_TOML).map_err(|e| KafkaError::Invalid(format!("topics.toml: {e}")))?;
-    defs.topic
-        .into_iter()
-        .map(|d| {
-            let name = match d.role.as_str() {
-                "transactions" => kafka.topic.clone(),
-                "dlq" => kafka.dlq_topic.clone(),
-                other => return Err(KafkaError::Invalid(format!("topics.toml: unknown role {other:?}"))),
-            };
-            Ok((name, d))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for d in defs.topic {
+        let name = match d.role.as_str() {
+            "transactions" => kafka.topic.clone(),
+            "dlq" => kafka.dlq_topic.clone(),
+            "sessions" => kafka.sessions_topic.clone(),
+            "sessions_dlq" => {
+                kafka.sessions_topic.is_empty().then(String::new).unwrap_or(kafka.sessions_dlq_topic.clone())
+            }
+            other => return Err(KafkaError::Invalid(format!("topics.toml: unknown role {other:?}"))),
+        };
+        if !name.is_empty() {
+            out.push((name, d));
+        }
+    }
+    Ok(out)
 }
 
 /// What happened to each topic.
@@ -100,7 +105,7 @@ mod tests {
     fn shipped_definitions_keep_history_forever() {
         let defs = definitions(&KafkaConfig::default()).unwrap();
         let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["transactions", "transactions.dlq"]);
+        assert_eq!(names, ["transactions", "transactions.dlq", "customer_sessions", "customer_sessions.dlq"]);
         for (_, def) in defs {
             assert_eq!(def.config["retention.ms"], "-1", "replays need the whole history");
         }

@@ -25,6 +25,7 @@ pub const DIM_CUSTOMER: &str = "dim_customer";
 pub const DIM_LOCATION: &str = "dim_location";
 pub const DIM_DATE: &str = "dim_date";
 pub const DIM_TIME: &str = "dim_time";
+pub const FACT_CUSTOMER_SESSIONS: &str = "fact_customer_sessions";
 
 /// An index of the batch design: collection, name, keys (field, direction), unique.
 pub struct IndexSpec {
@@ -67,6 +68,9 @@ pub const INDEXES: &[IndexSpec] = &[
     ix(DIM_CUSTOMER, "idx_segment", &[("customer_segment", 1)], false),
     ix(DIM_DATE, "idx_date", &[("full_date", 1)], true),
     ix(DIM_LOCATION, "idx_country", &[("country", 1)], false),
+    ix(FACT_CUSTOMER_SESSIONS, "idx_customer", &[("customer_key", 1)], false),
+    ix(FACT_CUSTOMER_SESSIONS, "idx_date", &[("date_key", 1)], false),
+    ix(FACT_CUSTOMER_SESSIONS, "idx_abandoned", &[("cart_abandoned", 1)], false),
 ];
 
 /// The batch design's validator of `fact_sales` (also applied to `fact_returns`, which has
@@ -183,6 +187,8 @@ pub fn trend(d: &TrendDoc, written_at: DateTime<Utc>) -> (Bson, Document) {
         body.insert("transactions_7day_ma", x.transactions_7day_ma());
         body.insert("prev_day_revenue", opt_double(x.prev_day_revenue_cents.map(to_units)));
         body.insert("revenue_growth_pct", opt_double(d.revenue_growth_pct()));
+        body.insert("sessions", int(x.sessions.sessions));
+        body.insert("cart_abandonment_rate", opt_double(x.sessions.cart_abandonment_rate()));
     }
     body.insert("analysis_date", date(d.analysis_date));
     body.insert("updated_at", date(written_at));
@@ -287,4 +293,25 @@ pub fn dim_time() -> Vec<(Bson, Document)> {
             (Bson::Int32(key), body)
         })
         .collect()
+}
+
+pub fn session(f: &crate::domain::session::SessionFact) -> (Bson, Document) {
+    let s = &f.session;
+    let id = Bson::String(s.session_id.clone());
+    let body = doc! {
+        "_id": id.clone(),
+        "session_id": &s.session_id,
+        "customer_key": f.customer_key,
+        "date_key": f.date_key,
+        "session_start_time": date(s.session_start),
+        "session_end_time": date(s.session_end),
+        "duration_minutes": s.duration_minutes(),
+        "page_views": int(s.page_views),
+        "products_viewed": int(s.products_viewed),
+        "cart_adds": int(s.cart_adds),
+        "cart_removes": int(s.cart_removes),
+        "purchase_completed": s.purchase_completed,
+        "cart_abandoned": s.cart_abandoned(),
+    };
+    (id, body)
 }

@@ -11,8 +11,8 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 
 use super::documents::{
-    self, CUSTOMER_RFM, DIM_CUSTOMER, DIM_DATE, DIM_LOCATION, DIM_PRODUCT, DIM_TIME, FACT_RETURNS, FACT_SALES, INDEXES,
-    PRODUCT_PERFORMANCE, SALES_TRENDS,
+    self, CUSTOMER_RFM, DIM_CUSTOMER, DIM_DATE, DIM_LOCATION, DIM_PRODUCT, DIM_TIME, FACT_CUSTOMER_SESSIONS,
+    FACT_RETURNS, FACT_SALES, INDEXES, PRODUCT_PERFORMANCE, SALES_TRENDS,
 };
 use crate::config::{redact_uri, MongoConfig};
 use crate::domain::warehouse::Warehouse;
@@ -145,6 +145,8 @@ impl MongoSink {
         stats.per_collection.push((FACT_SALES, n));
         let n = self.upsert(FACT_RETURNS, returns.into_iter().map(documents::fact).collect()).await?;
         stats.per_collection.push((FACT_RETURNS, n));
+        let n = self.upsert(FACT_CUSTOMER_SESSIONS, changes.sessions.iter().map(documents::session).collect()).await?;
+        stats.per_collection.push((FACT_CUSTOMER_SESSIONS, n));
         Ok(stats)
     }
 

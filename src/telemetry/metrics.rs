@@ -14,6 +14,7 @@ pub struct Metrics {
     pub events_duplicate: IntCounter,
     pub events_dlq: IntCounterVec,
     pub refunds_unmatched: IntCounter,
+    pub late_events: IntCounterVec,
     pub documents_written: IntCounterVec,
     pub flushes: IntCounterVec,
     pub flush_duration: Histogram,
@@ -58,6 +59,11 @@ impl Metrics {
                 "martstream_refunds_unmatched_total",
                 "Refunds applied whose original purchase was never seen.",
             ),
+            late_events: counter_vec(
+                "martstream_late_events_total",
+                "Events (product lines) dated before a view's window or retention when they arrived: they updated the state that still covers them, not that view.",
+                &["view"],
+            ),
             documents_written: counter_vec(
                 "martstream_documents_written_total",
                 "View documents upserted into MongoDB.",
@@ -91,7 +97,7 @@ impl Metrics {
         for reason in RejectReason::ALL {
             m.events_dlq.with_label_values(&[reason.as_str()]);
         }
-        for kind in ["purchase", "refund"] {
+        for kind in ["purchase", "refund", "session"] {
             m.events_applied.with_label_values(&[kind]);
         }
         m

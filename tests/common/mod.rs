@@ -37,6 +37,8 @@ pub fn fresh_name(prefix: &str) -> String {
 pub struct Scenario {
     pub topic: String,
     pub dlq: String,
+    pub sessions: String,
+    pub sessions_dlq: String,
     pub database: String,
     pub extra: Vec<String>,
 }
@@ -47,6 +49,8 @@ impl Scenario {
         Scenario {
             topic: format!("{base}.tx"),
             dlq: format!("{base}.tx.dlq"),
+            sessions: format!("{base}.sessions"),
+            sessions_dlq: format!("{base}.sessions.dlq"),
             database: base.replace('.', "_"),
             extra: Vec::new(),
         }
@@ -67,6 +71,10 @@ impl Scenario {
             self.database.clone(),
             "--set".into(),
             format!("kafka.dlq_topic={}", self.dlq),
+            "--set".into(),
+            format!("kafka.sessions_topic={}", self.sessions),
+            "--set".into(),
+            format!("kafka.sessions_dlq_topic={}", self.sessions_dlq),
             "--set".into(),
             "kafka.partitions=4".into(),
             "--set".into(),

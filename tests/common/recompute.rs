@@ -569,3 +569,100 @@ pub async fn check_star_schema(db: &mongodb::Database, events: &[Value]) -> Resu
     }
     Ok(())
 }
+
+/// Sessions per start date: (sessions, with cart adds, abandoned), from first arrivals of
+/// valid session messages.
+pub fn session_counts(messages: &[Message]) -> BTreeMap<String, (i64, i64, i64)> {
+    let mut seen = HashSet::new();
+    let mut out: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    for m in messages.iter().filter(|m| m.label == Label::Valid) {
+        let v: Value = serde_json::from_str(&m.payload).unwrap();
+        if !seen.insert(v["session_id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let day = DateTime::parse_from_rfc3339(v["session_start"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+            .date_naive();
+        let c = out.entry(format!("daily:{day}")).or_default();
+        let carts = v["cart_adds"].as_i64().unwrap() > 0;
+        c.0 += 1;
+        c.1 += i64::from(carts);
+        c.2 += i64::from(carts && !v["purchase_completed"].as_bool().unwrap());
+    }
+    out
+}
+
+/// Checks `fact_customer_sessions` and the session fields of daily `sales_trends`.
+pub async fn check_sessions(db: &mongodb::Database, messages: &[Message]) -> Result<(), String> {
+    use futures::TryStreamExt;
+    let facts: Vec<Document> = db
+        .collection::<Document>("fact_customer_sessions")
+        .find(Document::new())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let customers: BTreeMap<i64, String> = db
+        .collection::<Document>("dim_customer")
+        .find(Document::new())
+        .await
+        .unwrap()
+        .try_collect::<Vec<Document>>()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| (int(d, "customer_key"), d.get_str("customer_id").unwrap().to_owned()))
+        .collect();
+    let by_id: BTreeMap<&str, &Document> = facts.iter().map(|d| (d.get_str("session_id").unwrap(), d)).collect();
+    let mut expected = 0;
+    let mut seen = HashSet::new();
+    for m in messages.iter().filter(|m| m.label == Label::Valid) {
+        let v: Value = serde_json::from_str(&m.payload).unwrap();
+        let id = v["session_id"].as_str().unwrap();
+        if !seen.insert(id.to_owned()) {
+            continue;
+        }
+        expected += 1;
+        let f = by_id.get(id).ok_or_else(|| format!("session {id} missing"))?;
+        let start = DateTime::parse_from_rfc3339(v["session_start"].as_str().unwrap()).unwrap().with_timezone(&Utc);
+        let end = DateTime::parse_from_rfc3339(v["session_end"].as_str().unwrap()).unwrap().with_timezone(&Utc);
+        let carts = v["cart_adds"].as_i64().unwrap();
+        let bought = v["purchase_completed"].as_bool().unwrap();
+        let ok = customers.get(&int(f, "customer_key")).map(String::as_str) == v["user_id"].as_str()
+            && int(f, "date_key") == start.format("%Y%m%d").to_string().parse::<i64>().unwrap()
+            && millis(f, "session_start_time") == start.timestamp_millis()
+            && millis(f, "session_end_time") == end.timestamp_millis()
+            && approx(f.get_f64("duration_minutes").ok(), Some((end - start).num_milliseconds() as f64 / 60_000.0))
+            && int(f, "page_views") == v["page_views"].as_i64().unwrap()
+            && int(f, "products_viewed") == v["products_viewed"].as_i64().unwrap()
+            && int(f, "cart_adds") == carts
+            && int(f, "cart_removes") == v["cart_removes"].as_i64().unwrap()
+            && f.get_bool("purchase_completed") == Ok(bought)
+            && f.get_bool("cart_abandoned") == Ok(carts > 0 && !bought);
+        if !ok {
+            return Err(format!("session fact {f} differs from {v}"));
+        }
+    }
+    if facts.len() != expected {
+        return Err(format!("{} session facts for {expected} sessions", facts.len()));
+    }
+    let counts = session_counts(messages);
+    let trends: Vec<Document> = db
+        .collection::<Document>("sales_trends")
+        .find(mongodb::bson::doc! { "trend_type": "daily" })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    for d in &trends {
+        let (n, carts, abandoned) = counts.get(d.get_str("_id").unwrap()).copied().unwrap_or_default();
+        let rate = (carts > 0).then(|| abandoned as f64 / carts as f64);
+        if int(d, "sessions") != n || !approx(opt_f64(d, "cart_abandonment_rate"), rate) {
+            return Err(format!("daily sessions ({n}, {carts}, {abandoned}) expected: {d}"));
+        }
+    }
+    Ok(())
+}
