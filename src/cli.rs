@@ -230,23 +230,26 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
     Ok(Pipeline { source, worker }.run(sink, until, to_end, shutdown).await)
 }
 
-/// First SIGTERM/SIGINT: graceful (flush, then exit). Second: exit at once.
+/// First SIGTERM/SIGINT: graceful (flush, then exit). Second: exit at once. The signal
+/// streams are created once: a fresh `ctrl_c()` future can fire again on a signal that
+/// was already handled.
 fn install_signal_handlers(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        async fn next(term: &mut tokio::signal::unix::Signal) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        next(&mut term).await;
         info!("shutting down: flushing views (signal again to exit at once)");
         shutdown.cancel();
-        next(&mut term).await;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
         eprintln!("martstream: second signal, exiting at once");
         std::process::exit(130);
     });

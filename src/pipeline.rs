@@ -291,7 +291,7 @@ impl Pipeline {
             tokio::spawn(sink_loop(sink, rx, worker.metrics.clone(), worker.health.clone(), worker.cadence.backoff));
         let mut tick = tokio::time::interval(worker.cadence.flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_progress = Instant::now();
+        let mut last_progress = (Instant::now(), 0);
 
         while !worker.caught_up(&until) {
             tokio::select! {
@@ -301,8 +301,8 @@ impl Pipeline {
                     worker.try_flush(&tx);
                     worker.update_gauges();
                     source.commit_for_monitoring(&worker.positions);
-                    if last_progress.elapsed() >= Duration::from_secs(5) {
-                        last_progress = Instant::now();
+                    if last_progress.0.elapsed() >= Duration::from_secs(5) && last_progress.1 != worker.summary.consumed {
+                        last_progress = (Instant::now(), worker.summary.consumed);
                         info!(consumed = worker.summary.consumed, applied = worker.summary.applied, dead_lettered = worker.summary.dead_lettered, "progress");
                     }
                 }

@@ -50,6 +50,11 @@ struct Args {
     /// Stop after this many seconds, whatever --events says.
     #[arg(long)]
     duration: Option<u64>,
+    /// Also produce this many browsing-session summaries to --sessions-topic.
+    #[arg(long, default_value_t = 0)]
+    sessions: usize,
+    #[arg(long, default_value = "customer_sessions")]
+    sessions_topic: String,
     /// Extra librdkafka producer properties, KEY=VALUE (repeatable).
     #[arg(long = "producer-option", value_parser = parse_kv)]
     producer_options: Vec<(String, String)>,
@@ -129,8 +134,19 @@ fn run(args: Args) -> Result<()> {
             .client()
             .fetch_metadata(None, Duration::from_secs(10))
             .with_context(|| format!("cannot reach Kafka at {}", args.brokers))?;
-        if !metadata.topics().iter().any(|t| t.name() == args.topic && !t.partitions().is_empty()) {
-            bail!("topic {:?} does not exist (create it with `martstream topics create`)", args.topic);
+        let sessions = loadtest::sessions(&cfg, args.sessions);
+        for topic in std::iter::once(&args.topic).chain((args.sessions > 0).then_some(&args.sessions_topic)) {
+            if !metadata.topics().iter().any(|t| t.name() == topic && !t.partitions().is_empty()) {
+                bail!("topic {topic:?} does not exist (create it with `martstream topics create`)");
+            }
+        }
+        for m in &sessions {
+            let record = BaseRecord::to(&args.sessions_topic)
+                .key(&m.key)
+                .payload(&m.payload)
+                .timestamp(m.timestamp.timestamp_millis());
+            producer.send(record).map_err(|(e, _)| anyhow::anyhow!("producing a session: {e}"))?;
+            *counts.entry(format!("sessions_{}", label(&m.label))).or_default() += 1;
         }
         for m in Generator::new(cfg) {
             if deadline.is_some_and(|d| Instant::now() >= d) {

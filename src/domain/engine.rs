@@ -499,6 +499,50 @@ mod tests {
 }
 
 #[cfg(test)]
+mod memory_tests {
+    use super::*;
+    use crate::domain::testgen::{arrivals, Arrival, Step};
+
+    /// Two years of daily events, flushed daily: the product and trend state hold only
+    /// their windows (30 days of product buckets, 96 + 12 + 12 trend buckets, sessions).
+    #[test]
+    fn state_follows_the_windows_not_the_history() {
+        let steps: Vec<Step> = (0..730u32)
+            .flat_map(|day| {
+                let minute = day * 24 * 60 + 600;
+                [
+                    Step::New {
+                        user: (day % 7) as u8,
+                        minute,
+                        total: 3,
+                        refund_of: None,
+                        lines: vec![((day % 5) as u8, 1, 2, 0)],
+                    },
+                    Step::Session { user: 1, minute, cart_adds: 1, purchase: false, resend: false },
+                    Step::Flush { hours: 0 },
+                ]
+            })
+            .collect();
+        let mut engine = Engine::new(ViewConfig::default());
+        let mut peak = (0, 0);
+        for a in arrivals(&steps) {
+            match a {
+                Arrival::Event(d) => drop(engine.apply(&d)),
+                Arrival::Session(d) => drop(engine.apply_session(&d, 0)),
+                Arrival::Flush(_) => {
+                    let as_of = engine.watermark().unwrap();
+                    engine.flush(as_of, false);
+                    peak = (peak.0.max(engine.products().buckets_held()), peak.1.max(engine.trends().buckets_held()));
+                }
+            }
+        }
+        assert!(peak.0 <= 31, "product buckets held: {}", peak.0);
+        assert!(peak.1 <= 97 + 13 + 13 + 97, "trend buckets held: {}", peak.1);
+        assert!(engine.dedup_len() <= 2 * 36, "dedup entries: {}", engine.dedup_len());
+    }
+}
+
+#[cfg(test)]
 mod lane_tests {
     use super::*;
     use crate::domain::testgen::{arrivals, Arrival, Step};

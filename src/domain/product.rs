@@ -168,6 +168,11 @@ impl ProductState {
         self.products.len()
     }
 
+    /// Day buckets held over all products (memory follows the window, not the history).
+    pub fn buckets_held(&self) -> usize {
+        self.products.values().map(|p| p.days.len()).sum()
+    }
+
     /// Lines that arrived dated before the window: they updated the product's attributes
     /// but no bucket.
     pub fn late_lines(&self) -> u64 {

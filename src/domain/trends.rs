@@ -198,6 +198,11 @@ impl TrendState {
         }
     }
 
+    /// Buckets held over all granularities (memory follows the retention, not the history).
+    pub fn buckets_held(&self) -> usize {
+        self.series.iter().map(|s| s.buckets.len()).sum::<usize>() + self.sessions.len()
+    }
+
     /// Events dated before every retention when they arrived.
     pub fn late_events(&self) -> u64 {
         self.late_events
