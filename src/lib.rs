@@ -3,8 +3,9 @@
 //! # Layout
 //!
 //! - [`domain`]: the pure core. The event model, decoding and validation, dedup, and the
-//!   incremental aggregates (RFM today), with no async, no clocks and no I/O: given events
-//!   and an `as_of`, they produce view documents and the changes since the last flush.
+//!   incremental aggregates (RFM, product window, trends, star schema, sessions), with no
+//!   async, no clocks and no I/O: given events and an `as_of`, they produce view documents
+//!   and the changes since the last flush.
 //!   `domain::batch` recomputes the same views from scratch (the tests' oracle).
 //! - [`config`]: the one typed configuration (defaults → TOML → env → CLI), validated.
 //! - [`kafka`]: adapters to the broker: the input [`kafka::source`] (manual assignment,

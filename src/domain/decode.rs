@@ -185,7 +185,7 @@ fn decode_items(fields: &Fields<'_>) -> Result<Vec<LineItem>, Rejection> {
         let category = line.opt_str("category")?.map(str::to_owned);
         let subcategory = line.opt_str("subcategory")?.map(str::to_owned);
         let brand = line.opt_str("brand")?.map(str::to_owned);
-        let quantity = line.quantity("quantity")?;
+        let quantity = line.integer("quantity", 1)?;
         let unit_price_cents = line.money("unit_price")?.ok_or_else(|| line.missing("unit_price"))?;
         let discount_cents = line.money("discount")?.unwrap_or(0);
         let gross = quantity
@@ -281,33 +281,17 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A required JSON integer (not `2.0`, not `"2"`) from 1 to [`MAX_QUANTITY`].
-    fn quantity(&self, key: &str) -> Result<i64, Rejection> {
+    /// A required JSON integer (not `2.0`, not `"2"`) from `min` to [`MAX_QUANTITY`].
+    pub(crate) fn integer(&self, key: &str, min: i64) -> Result<i64, Rejection> {
         let value = self.get(key).ok_or_else(|| self.missing(key))?;
         let n = match value {
             Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
             _ => return Err(self.wrong_type(key, "a JSON integer")),
         };
-        if !(1..=MAX_QUANTITY).contains(&n) {
+        if !(min..=MAX_QUANTITY).contains(&n) {
             return Err(Rejection::new(
                 RejectReason::OutOfRange,
-                format_args!("{}{key} is {n}, expected 1 to {MAX_QUANTITY}", self.path),
-            ));
-        }
-        Ok(n)
-    }
-
-    /// A required count: a JSON integer from 0 to [`MAX_QUANTITY`].
-    pub(crate) fn count(&self, key: &str) -> Result<i64, Rejection> {
-        let value = self.get(key).ok_or_else(|| self.missing(key))?;
-        let n = match value {
-            Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
-            _ => return Err(self.wrong_type(key, "a JSON integer")),
-        };
-        if !(0..=MAX_QUANTITY).contains(&n) {
-            return Err(Rejection::new(
-                RejectReason::OutOfRange,
-                format_args!("{}{key} is {n}, expected 0 to {MAX_QUANTITY}", self.path),
+                format_args!("{}{key} is {n}, expected {min} to {MAX_QUANTITY}", self.path),
             ));
         }
         Ok(n)

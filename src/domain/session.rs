@@ -60,7 +60,7 @@ pub fn decode_session(payload: &[u8], message_ts: Option<DateTime<Utc>>) -> Resu
             ));
         }
     }
-    let count = |key: &str| fields.count(key);
+    let count = |key: &str| fields.integer(key, 0);
     let session = Session {
         session_id,
         user_id,

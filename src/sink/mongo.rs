@@ -190,33 +190,31 @@ impl MongoSink {
 
     /// Deletes documents by `_id` (idempotent: deleting what is gone is fine).
     pub async fn delete(&self, collection: &str, ids: &[String]) -> Result<usize, SinkError> {
-        let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
-        for chunk in ids.chunks(self.batch_size) {
-            let deletes: Vec<Document> = chunk.iter().map(|id| doc! { "q": { "_id": id }, "limit": 1 }).collect();
-            let reply = self
-                .db
-                .run_command(doc! { "delete": collection, "deletes": deletes, "ordered": false })
-                .await
-                .map_err(|e| fail(first_line(&e)))?;
-            if let Ok(errors) = reply.get_array("writeErrors") {
-                return Err(fail(format!("{} deletes failed", errors.len())));
-            }
-        }
-        Ok(ids.len())
+        let statements = ids.iter().map(|id| doc! { "q": { "_id": id }, "limit": 1 }).collect();
+        self.write_command(collection, "delete", "deletes", statements).await
     }
 
-    /// Replaces (or inserts) each document by `_id`, in batched unordered `update` commands.
+    /// Replaces (or inserts) each document by `_id`.
     pub async fn upsert(&self, collection: &str, docs: Vec<(Bson, Document)>) -> Result<usize, SinkError> {
+        let statements =
+            docs.into_iter().map(|(id, body)| doc! { "q": { "_id": id }, "u": body, "upsert": true }).collect();
+        self.write_command(collection, "update", "updates", statements).await
+    }
+
+    /// Runs a write command (`update`/`delete`) over the statements in unordered batches of
+    /// `write_batch_size`; any write error or write-concern error fails the whole call.
+    async fn write_command(
+        &self,
+        collection: &str,
+        command: &str,
+        list: &str,
+        statements: Vec<Document>,
+    ) -> Result<usize, SinkError> {
         let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
-        let total = docs.len();
-        for chunk in docs.chunks(self.batch_size) {
-            let updates: Vec<Document> = chunk
-                .iter()
-                .map(|(id, body)| doc! { "q": { "_id": id.clone() }, "u": body.clone(), "upsert": true })
-                .collect();
+        for chunk in statements.chunks(self.batch_size) {
             let reply = self
                 .db
-                .run_command(doc! { "update": collection, "updates": updates, "ordered": false })
+                .run_command(doc! { command: collection, list: chunk, "ordered": false })
                 .await
                 .map_err(|e| fail(first_line(&e)))?;
             if let Ok(errors) = reply.get_array("writeErrors") {
@@ -228,6 +226,6 @@ impl MongoSink {
                 return Err(fail(format!("write concern: {}", wc.get_str("errmsg").unwrap_or("?"))));
             }
         }
-        Ok(total)
+        Ok(statements.len())
     }
 }

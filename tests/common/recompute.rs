@@ -458,20 +458,17 @@ pub fn trends_diff(docs: &[Document], expected: &BTreeMap<String, ExpectedTrend>
     Ok(())
 }
 
+/// Every document of a collection.
+pub async fn read_all(db: &mongodb::Database, name: &str) -> Vec<Document> {
+    use futures::TryStreamExt;
+    db.collection::<Document>(name).find(Document::new()).await.unwrap().try_collect().await.unwrap()
+}
+
 /// Checks the star schema against the applied events: one fact per line with the line's
 /// figures, keys that resolve to the right dimension rows, dim_customer in step with
 /// customer_rfm_analysis, dim_date covering every fact date, and 1440 dim_time rows.
 pub async fn check_star_schema(db: &mongodb::Database, events: &[Value]) -> Result<(), String> {
-    use futures::TryStreamExt;
-    let all = |name: &'static str| async move {
-        db.collection::<Document>(name)
-            .find(Document::new())
-            .await
-            .unwrap()
-            .try_collect::<Vec<Document>>()
-            .await
-            .unwrap()
-    };
+    let all = |name: &'static str| read_all(db, name);
     let by = |docs: &[Document], key: &str| -> BTreeMap<i64, Document> {
         docs.iter().map(|d| (int(d, key), d.clone())).collect()
     };
@@ -550,14 +547,7 @@ pub async fn check_star_schema(db: &mongodb::Database, events: &[Value]) -> Resu
         return Err(format!("{} sales and {} returns facts for {lines:?} lines", sales.len(), returns.len()));
     }
     // dim_customer carries the current segment and lifetime value of customer_rfm_analysis.
-    let rfm = db
-        .collection::<Document>("customer_rfm_analysis")
-        .find(Document::new())
-        .await
-        .unwrap()
-        .try_collect::<Vec<Document>>()
-        .await
-        .unwrap();
+    let rfm = read_all(db, "customer_rfm_analysis").await;
     let by_id: BTreeMap<&str, &Document> = customers.values().map(|d| (d.get_str("customer_id").unwrap(), d)).collect();
     for r in &rfm {
         let c = by_id.get(r.get_str("customer_id").unwrap()).ok_or("customer without dim_customer row")?;
@@ -595,23 +585,9 @@ pub fn session_counts(messages: &[Message]) -> BTreeMap<String, (i64, i64, i64)>
 
 /// Checks `fact_customer_sessions` and the session fields of daily `sales_trends`.
 pub async fn check_sessions(db: &mongodb::Database, messages: &[Message]) -> Result<(), String> {
-    use futures::TryStreamExt;
-    let facts: Vec<Document> = db
-        .collection::<Document>("fact_customer_sessions")
-        .find(Document::new())
+    let facts = read_all(db, "fact_customer_sessions").await;
+    let customers: BTreeMap<i64, String> = read_all(db, "dim_customer")
         .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    let customers: BTreeMap<i64, String> = db
-        .collection::<Document>("dim_customer")
-        .find(Document::new())
-        .await
-        .unwrap()
-        .try_collect::<Vec<Document>>()
-        .await
-        .unwrap()
         .iter()
         .map(|d| (int(d, "customer_key"), d.get_str("customer_id").unwrap().to_owned()))
         .collect();
@@ -649,15 +625,8 @@ pub async fn check_sessions(db: &mongodb::Database, messages: &[Message]) -> Res
         return Err(format!("{} session facts for {expected} sessions", facts.len()));
     }
     let counts = session_counts(messages);
-    let trends: Vec<Document> = db
-        .collection::<Document>("sales_trends")
-        .find(mongodb::bson::doc! { "trend_type": "daily" })
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    for d in &trends {
+    let trends = read_all(db, "sales_trends").await;
+    for d in trends.iter().filter(|d| d.get_str("trend_type") == Ok("daily")) {
         let (n, carts, abandoned) = counts.get(d.get_str("_id").unwrap()).copied().unwrap_or_default();
         let rate = (carts > 0).then(|| abandoned as f64 / carts as f64);
         if int(d, "sessions") != n || !approx(opt_f64(d, "cart_abandonment_rate"), rate) {
