@@ -297,22 +297,21 @@ impl ProductState {
             }
         }
         // Documents whose only change is their rank; on a full flush, every document.
-        let mut rank_only: Vec<(usize, i64)> = Vec::new();
+        let mut rank_only: BTreeMap<usize, i64> = BTreeMap::new();
         for (id, rank) in &new_rank {
             if let Some((idx, _, p)) = self.products.get_full(*id) {
                 if !written.contains(&(idx as u32)) && p.shown.as_ref().is_some_and(|s| s.2 != *rank) {
-                    rank_only.push((idx, *rank));
+                    rank_only.insert(idx, *rank);
                 }
             }
         }
         if full {
             for (idx, p) in self.products.values().enumerate() {
-                if !written.contains(&(idx as u32)) && p.shown.is_some() && !rank_only.iter().any(|(i, _)| *i == idx) {
-                    rank_only.push((idx, p.shown.as_ref().map_or(1, |s| s.2)));
+                if let (false, Some(shown)) = (written.contains(&(idx as u32)), &p.shown) {
+                    rank_only.entry(idx).or_insert(shown.2);
                 }
             }
         }
-        rank_only.sort_unstable();
         for (idx, rank) in rank_only {
             let (id, p) = self.products.get_index_mut(idx).expect("product index");
             if let Some(mut doc) = summarize(id, p, first, last, &self.config, as_of) {
