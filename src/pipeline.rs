@@ -160,8 +160,7 @@ impl Worker {
         let at = message_ts.and_then(DateTime::from_timestamp_millis);
         let payload = m.payload().unwrap_or_default();
         let lane = lane(m.partition());
-        let input = self.inputs[topic].clone();
-        let (outcome, id) = match input.kind {
+        let (outcome, id) = match self.inputs[topic].kind {
             InputKind::Transactions => match decode(payload, at) {
                 Err(rejection) => (Err(rejection), String::new()),
                 Ok(event) => {
@@ -209,7 +208,8 @@ impl Worker {
                 offset: m.offset(),
                 timestamp_ms: message_ts,
             };
-            self.dead_letter(&input.dlq_topic, m.key(), m.payload(), &rejection, &from).await;
+            let dlq_topic = self.inputs[topic].dlq_topic.clone();
+            self.dead_letter(&dlq_topic, m.key(), m.payload(), &rejection, &from).await;
         }
         self.positions.insert((topic, m.partition()), m.offset() + 1);
     }

@@ -72,19 +72,18 @@ impl DedupIndex {
         self.seen.is_empty()
     }
 
-    /// Classifies an arrival without recording it.
-    pub fn check(&self, transaction_id: &str, fingerprint: u64) -> Arrival {
-        match self.seen.get(&key(transaction_id)) {
-            None => Arrival::New,
-            Some(seen) if seen.fingerprint == fingerprint => Arrival::Duplicate,
-            Some(_) => Arrival::Conflicting,
+    /// Classifies an arrival and, when it is new, records it (one hash, one lookup); then
+    /// forgets what fell behind its lane's horizon (a sweep at most once per day of event
+    /// time).
+    pub fn admit(&mut self, id: &str, seen: Seen) -> Arrival {
+        use std::collections::hash_map::Entry;
+        match self.seen.entry(key(id)) {
+            Entry::Occupied(e) if e.get().fingerprint == seen.fingerprint => return Arrival::Duplicate,
+            Entry::Occupied(_) => return Arrival::Conflicting,
+            Entry::Vacant(e) => {
+                e.insert(seen);
+            }
         }
-    }
-
-    /// Records an applied id, then forgets what fell behind its lane's horizon (a sweep at
-    /// most once per day of event time).
-    pub fn record(&mut self, transaction_id: &str, seen: Seen) {
-        self.seen.insert(key(transaction_id), seen);
         let newest = self.lane_newest.entry(seen.lane).or_insert(seen.day);
         *newest = (*newest).max(seen.day);
         if *newest > self.swept_at {
@@ -92,6 +91,7 @@ impl DedupIndex {
             let (lanes, horizon) = (&self.lane_newest, self.horizon_days);
             self.seen.retain(|_, s| s.day >= lanes[&s.lane] - horizon);
         }
+        Arrival::New
     }
 
     /// The applied event with this id, if remembered.
@@ -111,21 +111,21 @@ mod tests {
     #[test]
     fn first_arrival_wins_then_duplicates_and_conflicts() {
         let mut d = DedupIndex::new(35);
-        assert_eq!(d.check("t1", 7), Arrival::New);
-        d.record("t1", seen(7, 100));
-        assert_eq!(d.check("t1", 7), Arrival::Duplicate);
-        assert_eq!(d.check("t1", 8), Arrival::Conflicting);
-        assert_eq!(d.check("t2", 7), Arrival::New);
+        assert_eq!(d.admit("t1", seen(7, 100)), Arrival::New);
+        assert_eq!(d.admit("t1", seen(7, 100)), Arrival::Duplicate);
+        assert_eq!(d.admit("t1", seen(8, 100)), Arrival::Conflicting);
+        assert_eq!(d.get("t1").map(|s| s.fingerprint), Some(7), "a conflicting copy does not claim the id");
+        assert_eq!(d.admit("t2", seen(7, 100)), Arrival::New);
     }
 
     #[test]
     fn remembers_the_horizon_and_forgets_beyond_it() {
         let mut d = DedupIndex::new(35);
-        d.record("old", seen(1, 100));
-        d.record("edge", seen(1, 105));
-        d.record("new", seen(1, 140));
-        assert_eq!(d.check("edge", 1), Arrival::Duplicate, "exactly 35 days back is kept");
-        assert_eq!(d.check("old", 1), Arrival::New);
+        d.admit("old", seen(1, 100));
+        d.admit("edge", seen(1, 105));
+        d.admit("new", seen(1, 140));
+        assert_eq!(d.admit("edge", seen(1, 105)), Arrival::Duplicate, "exactly 35 days back is kept");
+        assert_eq!(d.get("old"), None);
         assert_eq!(d.len(), 2);
     }
 }

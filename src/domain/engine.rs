@@ -137,19 +137,17 @@ impl Engine {
     /// dedup horizon, so the result does not depend on how lanes interleave.
     pub fn apply_on(&mut self, event: &Decoded, lane: u16) -> Outcome {
         let tx = &event.tx;
-        match self.dedup.check(&tx.transaction_id, event.fingerprint) {
-            Arrival::Duplicate => return Outcome::Duplicate,
-            Arrival::Conflicting => return Outcome::Conflicting,
-            Arrival::New => {}
-        }
+        // Looked up before admitting: admitting can sweep the original out of the horizon.
         let orphan_refund = tx.kind == EventKind::Refund
             && tx
                 .original_transaction_id
                 .as_deref()
                 .and_then(|id| self.dedup.get(id))
                 .is_none_or(|seen| seen.kind != EventKind::Purchase);
-        let day = epoch_day(tx.date());
-        self.dedup.record(&tx.transaction_id, Seen { fingerprint: event.fingerprint, day, lane, kind: tx.kind });
+        let seen = Seen { fingerprint: event.fingerprint, day: epoch_day(tx.date()), lane, kind: tx.kind };
+        if let Some(repeat) = repeated(self.dedup.admit(&tx.transaction_id, seen)) {
+            return repeat;
+        }
         self.rfm.apply(tx);
         self.warehouse.apply(tx);
         for product_id in self.products.apply(tx) {
@@ -164,14 +162,11 @@ impl Engine {
     /// are deduplicated by `session_id` like transactions by `transaction_id`.
     pub fn apply_session(&mut self, event: &Decoded<Session>, lane: u16) -> Outcome {
         let session = &event.tx;
-        match self.session_dedup.check(&session.session_id, event.fingerprint) {
-            Arrival::Duplicate => return Outcome::Duplicate,
-            Arrival::Conflicting => return Outcome::Conflicting,
-            Arrival::New => {}
-        }
         let day = epoch_day(session.session_start.date_naive());
         let seen = Seen { fingerprint: event.fingerprint, day, lane, kind: EventKind::Purchase };
-        self.session_dedup.record(&session.session_id, seen);
+        if let Some(repeat) = repeated(self.session_dedup.admit(&session.session_id, seen)) {
+            return repeat;
+        }
         self.warehouse.apply_session(session);
         self.trends.apply_session(session);
         Outcome::Applied { orphan_refund: false }
@@ -232,6 +227,15 @@ impl Engine {
             });
         }
         DimDocs { products, customers, locations: changed.locations, dates: changed.dates }
+    }
+}
+
+/// The outcome of a repeated id; `None` for a new one.
+fn repeated(arrival: Arrival) -> Option<Outcome> {
+    match arrival {
+        Arrival::New => None,
+        Arrival::Duplicate => Some(Outcome::Duplicate),
+        Arrival::Conflicting => Some(Outcome::Conflicting),
     }
 }
 
