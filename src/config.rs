@@ -28,6 +28,7 @@ pub struct Config {
     pub mongo: MongoConfig,
     pub postgres: PostgresConfig,
     pub service: ServiceConfig,
+    pub snapshot: SnapshotConfig,
     pub views: ViewConfig,
     pub log: LogConfig,
 }
@@ -147,6 +148,26 @@ impl Default for ServiceConfig {
     }
 }
 
+/// Checkpointed snapshots of the state (`martstream run` only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Restore from and write snapshots; off: every start rebuilds from the topic's beginning.
+    pub enabled: bool,
+    /// Snapshots go to `<dir>/<mongo.database>/`.
+    pub dir: String,
+    /// How often a snapshot is taken (when anything changed), besides one at shutdown.
+    pub interval_ms: u64,
+    /// How many snapshots are kept (older ones are fallbacks when the newest is unreadable).
+    pub keep: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig { enabled: true, dir: "var/snapshots".into(), interval_ms: 60_000, keep: 3 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -236,6 +257,12 @@ impl Config {
         }
         if self.service.retry_max_ms < self.service.retry_initial_ms {
             return bad("service.retry_max_ms must be at least service.retry_initial_ms".into());
+        }
+        if self.snapshot.enabled && (self.snapshot.dir.is_empty() || self.snapshot.interval_ms == 0) {
+            return bad("snapshot.dir must be set and snapshot.interval_ms positive".into());
+        }
+        if !(1..=100).contains(&self.snapshot.keep) {
+            return bad("snapshot.keep must be between 1 and 100".into());
         }
         let rfm = &self.views.rfm;
         for rule in &rfm.segments {

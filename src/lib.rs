@@ -27,4 +27,5 @@ pub mod http;
 pub mod kafka;
 pub mod pipeline;
 pub mod sink;
+pub mod snapshot;
 pub mod telemetry;

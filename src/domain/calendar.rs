@@ -92,3 +92,19 @@ mod tests {
         );
     }
 }
+
+/// Serde for an instant as (seconds, nanoseconds) since the epoch: exact and compact
+/// (chrono's own form is an RFC 3339 string, slow to write and parse by the million).
+pub mod serde_instant {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        (t.timestamp(), t.timestamp_subsec_nanos()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let (secs, nanos) = <(i64, u32)>::deserialize(d)?;
+        DateTime::from_timestamp(secs, nanos).ok_or_else(|| serde::de::Error::custom("instant out of range"))
+    }
+}

@@ -19,7 +19,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::event::EventKind;
 
 /// What the index knows about an applied id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     pub fingerprint: u64,
     /// Event date as days since 1970-01-01.
@@ -40,7 +40,7 @@ pub enum Arrival {
     Conflicting,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DedupIndex {
     seen: HashMap<u128, Seen>,
     horizon_days: i32,

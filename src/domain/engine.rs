@@ -74,7 +74,7 @@ impl ViewChanges {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     dedup: DedupIndex,
     session_dedup: DedupIndex,

@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::money::Cents;
 
 /// `event_type`: a purchase adds money and units, a refund subtracts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EventKind {
     Purchase,
     Refund,
@@ -75,7 +75,7 @@ impl LineItem {
 }
 
 /// Where the purchase happened.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Location {
     pub country: String,
     pub region: Option<String>,

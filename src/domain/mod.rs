@@ -28,7 +28,7 @@ pub mod ranked;
 pub mod rfm;
 pub mod session;
 #[cfg(test)]
-mod testgen;
+pub(crate) mod testgen;
 pub mod trends;
 pub mod warehouse;
 

@@ -101,7 +101,7 @@ fn take_latest(slot: &mut Stamped, stamp: (DateTime<Utc>, u64), value: &Option<S
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Bucket {
     units: i64,
     revenue: Cents,
@@ -110,7 +110,7 @@ struct Bucket {
 }
 
 /// What the state holds for one product.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Product {
     pub name: Stamped,
     pub category: Stamped,
@@ -131,7 +131,7 @@ impl Product {
 /// A product's place in its category: revenue descending, then product id.
 type RankKey = (Reverse<Cents>, Box<str>);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProductState {
     config: ProductConfig,
     products: IndexMap<Box<str>, Product>,

@@ -9,7 +9,9 @@
 
 const LOAD: usize = 512;
 
-#[derive(Debug, Clone)]
+/// Serialized as its keys in order; deserializing rebuilds the blocks and the index.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(from = "Vec<K>", bound(deserialize = "K: Ord + Copy + serde::Deserialize<'de>"))]
 pub struct RankedSet<K> {
     blocks: Vec<Vec<K>>,
     maxes: Vec<K>,
@@ -20,6 +22,23 @@ pub struct RankedSet<K> {
 impl<K: Ord + Copy> Default for RankedSet<K> {
     fn default() -> Self {
         RankedSet { blocks: Vec::new(), maxes: Vec::new(), fenwick: Vec::new(), len: 0 }
+    }
+}
+
+impl<K: Ord + Copy> From<Vec<K>> for RankedSet<K> {
+    fn from(keys: Vec<K>) -> Self {
+        Self::from_keys(keys)
+    }
+}
+
+impl<K: serde::Serialize> serde::Serialize for RankedSet<K> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        for k in self.blocks.iter().flatten() {
+            seq.serialize_element(k)?;
+        }
+        seq.end()
     }
 }
 

@@ -157,14 +157,16 @@ impl RfmDoc {
 }
 
 /// What the state holds for one customer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Customer {
     /// Purchases applied.
     pub frequency: u32,
     /// Σ purchase total − Σ refund total, cents.
     pub monetary: Cents,
     /// Event times of the first and last purchase (meaningful when frequency ≥ 1).
+    #[serde(with = "super::calendar::serde_instant")]
     pub first_purchase_at: DateTime<Utc>,
+    #[serde(with = "super::calendar::serde_instant")]
     pub last_purchase_at: DateTime<Utc>,
     /// The keys this customer has in the rank indexes (quintile scoring).
     ranked: Option<RankKeys>,
@@ -173,7 +175,7 @@ pub struct Customer {
     dirty: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct RankKeys {
     frequency: i64,
     monetary: i64,
@@ -183,7 +185,7 @@ struct RankKeys {
 /// Keys of a rank index: (value, customer index), so that equal values stay distinct.
 type RankKey = (i64, u32);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct RankIndexes {
     frequency: RankedSet<RankKey>,
     monetary: RankedSet<RankKey>,
@@ -195,14 +197,14 @@ struct RankIndexes {
 type Bounds = [i64; 4];
 
 /// What the previous flush left: the date of its `as_of` and its boundaries (F, M, R).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct FlushMark {
     as_of_day: i64,
     bounds: Option<[Bounds; 3]>,
 }
 
 /// Incremental RFM state over all customers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RfmState {
     config: RfmConfig,
     customers: IndexMap<Box<str>, Customer>,

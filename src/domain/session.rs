@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::decode::{fingerprint, parse_timestamp, Decoded, Fields, RejectReason, Rejection};
 
 /// One valid session summary.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub session_id: String,
     pub user_id: String,
@@ -33,7 +33,7 @@ impl Session {
 }
 
 /// A `fact_customer_sessions` row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SessionFact {
     pub session: Session,
     pub customer_key: i32,

@@ -56,7 +56,7 @@ impl Granularity {
 }
 
 /// The money and counts of one period.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bucket {
     pub purchases: i64,
     pub purchase_cents: Cents,
@@ -97,7 +97,7 @@ pub struct DailyExtras {
 }
 
 /// Browsing sessions of one day (from `customer_sessions`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionCounts {
     pub sessions: i64,
     pub with_cart: i64,
@@ -169,7 +169,7 @@ pub struct TrendChanges {
 /// A period's key: a day number for days and weeks (the Monday), a month index for months.
 type Period = i32;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Series {
     buckets: BTreeMap<Period, Bucket>,
     dirty: BTreeSet<Period>,
@@ -178,7 +178,7 @@ struct Series {
     floor: Option<Period>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrendState {
     config: TrendConfig,
     series: [Series; 3],

@@ -17,7 +17,8 @@ use super::event::{EventKind, Location, Transaction};
 use super::money::Cents;
 
 /// Natural key → surrogate key, never reassigned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(bound(deserialize = "K: Eq + Hash + serde::Deserialize<'de>"))]
 pub struct KeyRegistry<K> {
     keys: HashMap<K, i32>,
     next: i32,
@@ -68,7 +69,7 @@ pub fn location_natural_key(l: &Location) -> LocationKey {
 }
 
 /// One row of `fact_sales` or `fact_returns` (money in cents).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Fact {
     pub kind: EventKind,
     /// `<transaction_id>:<line index>`.
@@ -99,7 +100,7 @@ pub struct DimChanges {
     pub dates: Vec<NaiveDate>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Warehouse {
     pub products: KeyRegistry<Box<str>>,
     pub customers: KeyRegistry<Box<str>>,
