@@ -2,7 +2,7 @@
 //! loads the configuration and starts the adapters; every failure at start is one line on
 //! stderr and a non-zero exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::config::{redact_uri, Clock, Config};
 use crate::domain::Engine;
 use crate::health::Health;
@@ -20,6 +21,7 @@ use crate::kafka::source::{Source, StartAt};
 use crate::kafka::topics::{self, Created};
 use crate::pipeline::{AsOf, Backoff, Cadence, Input, InputKind, Pipeline, Summary, Until, Worker};
 use crate::sink::mongo::MongoSink;
+use crate::snapshot::SnapshotStore;
 use crate::telemetry::{self, Metrics};
 
 #[derive(Debug, Parser)]
@@ -199,6 +201,33 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
 
+    // `run` resumes from the newest usable snapshot; `replay` always rebuilds.
+    let mut start = start;
+    let mut engine = Engine::new(config.views.clone());
+    let mut checkpoints = None;
+    if serve_http && config.snapshot.enabled {
+        let store =
+            SnapshotStore::new(Path::new(&config.snapshot.dir).join(&config.mongo.database), config.snapshot.keep);
+        let restored = checkpoint::restore(&store, &config.mongo.database, &config.views, &source.topics, &metrics)
+            .with_context(|| format!("reading snapshots in {}", store.dir().display()))?;
+        if restored.is_none() {
+            info!(dir = %store.dir().display(), "no snapshot: building the state from the beginning of the topics");
+        }
+        let mut c = Checkpointer::new(
+            store,
+            (config.mongo.database.clone(), config.views.clone()),
+            source.topics.clone(),
+            Duration::from_millis(config.snapshot.interval_ms),
+            metrics.clone(),
+        );
+        let was_restored = restored.is_some();
+        if let Some(r) = restored {
+            engine = r.engine;
+            c.restored(r.taken_at_ms);
+            start = StartAt::Resume(r.positions);
+        }
+        checkpoints = Some((c, was_restored));
+    }
     let end = source.watermarks()?.into_iter().map(|(tp, (_, high))| (tp, high)).collect();
     let positions = source.assign(&start).context("assigning partitions")?;
     health.set_partitions(positions.len());
@@ -222,10 +251,12 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
         },
         max_pending_facts: config.service.max_pending_facts,
     };
-    let mut engine = Engine::new(config.views.clone());
     let keys = sink.preload_keys(engine.warehouse_mut()).await?;
     info!(keys, "surrogate keys loaded from the warehouse");
-    let worker = Worker::new(engine, dlq, (metrics, health), cadence, (inputs, positions));
+    let mut worker = Worker::new(engine, dlq, (metrics, health), cadence, (inputs, positions));
+    if let Some((c, restored)) = checkpoints {
+        worker = worker.with_checkpoints(c, restored);
+    }
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
     Ok(Pipeline { source, worker }.run(sink, until, to_end, shutdown).await)
 }

@@ -19,6 +19,7 @@
 //! - [`cli`]: the `martstream` command (`run`, `replay`, `topics create`, `check-config`);
 //!   `main.rs` only parses arguments and calls it.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod domain;

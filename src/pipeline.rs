@@ -7,6 +7,7 @@
 //! engine's dirty sets, so memory is bounded by the state, not by the outage's length.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::checkpoint::Checkpointer;
 use crate::domain::session::decode_session;
 use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection, ViewChanges};
 use crate::health::Health;
@@ -124,6 +126,12 @@ pub struct Worker {
     summary: Summary,
     /// Late-event counts already exported, per view.
     late_exported: [u64; 2],
+    /// Snapshots (`run`); none for `replay`.
+    checkpoints: Option<Checkpointer>,
+    /// The next flush must be complete: the state was restored from a snapshot.
+    complete_next: bool,
+    /// Batches handed to the sink.
+    sent: u64,
 }
 
 impl Worker {
@@ -144,6 +152,26 @@ impl Worker {
             positions,
             summary: Summary::default(),
             late_exported: [0; 2],
+            checkpoints: None,
+            complete_next: false,
+            sent: 0,
+        }
+    }
+
+    /// Takes snapshots with `checkpoints`; `restored`: the engine came from one, so the
+    /// first flush rewrites every view document.
+    pub fn with_checkpoints(mut self, checkpoints: Checkpointer, restored: bool) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self.complete_next = restored;
+        self
+    }
+
+    /// A snapshot when one is due and MongoDB holds every flush handed to the sink.
+    async fn checkpoint(&mut self, acked: &AtomicU64) {
+        let Some(checkpoints) = self.checkpoints.as_mut() else { return };
+        checkpoints.poll().await;
+        if self.sent == acked.load(Ordering::Acquire) && checkpoints.due(&self.positions) {
+            checkpoints.start(&self.engine, &self.positions);
         }
     }
 
@@ -252,9 +280,11 @@ impl Worker {
             return;
         };
         if let Ok(permit) = sink.try_reserve() {
-            let changes = self.engine.flush(as_of, false);
+            let changes = self.engine.flush(as_of, self.complete_next);
+            self.complete_next = false;
             self.summary.as_of = Some(as_of);
             if !changes.is_empty() {
+                self.sent += 1;
                 permit.send(Batch { changes });
             }
         }
@@ -273,6 +303,14 @@ impl Worker {
         }
     }
 
+    fn update_lag(&self, source: &Source) {
+        for ((t, p), high) in source.cached_high_watermarks() {
+            let position = self.positions.get(&(t, p)).copied().unwrap_or(0);
+            let partition = p.to_string();
+            self.metrics.consumer_lag.with_label_values(&[&source.topics[t], &partition]).set((high - position).max(0));
+        }
+    }
+
     fn caught_up(&self, until: &Until) -> bool {
         match until {
             Until::Forever => false,
@@ -287,8 +325,14 @@ impl Pipeline {
     pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
         let Pipeline { source, mut worker } = self;
         let (tx, rx) = mpsc::channel::<Batch>(1);
-        let sink_task =
-            tokio::spawn(sink_loop(sink, rx, worker.metrics.clone(), worker.health.clone(), worker.cadence.backoff));
+        let acked = Arc::new(AtomicU64::new(0));
+        let sink_task = tokio::spawn(sink_loop(
+            sink,
+            rx,
+            acked.clone(),
+            (worker.metrics.clone(), worker.health.clone()),
+            worker.cadence.backoff,
+        ));
         let mut tick = tokio::time::interval(worker.cadence.flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_progress = (Instant::now(), 0);
@@ -298,8 +342,10 @@ impl Pipeline {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
+                    worker.checkpoint(&acked).await;
                     worker.try_flush(&tx);
                     worker.update_gauges();
+                    worker.update_lag(&source);
                     source.commit_for_monitoring(&worker.positions);
                     if last_progress.0.elapsed() >= Duration::from_secs(5) && last_progress.1 != worker.summary.consumed {
                         last_progress = (Instant::now(), worker.summary.consumed);
@@ -321,7 +367,7 @@ impl Pipeline {
 
         // The last flush: waits for room, then for the sink to drain.
         if let Some(as_of) = worker.cadence.as_of.at(&worker.engine) {
-            let changes = worker.engine.flush(as_of, final_full);
+            let changes = worker.engine.flush(as_of, final_full || worker.complete_next);
             worker.summary.as_of = Some(as_of);
             if !changes.is_empty() && tx.send(Batch { changes }).await.is_err() {
                 warn!("sink stopped before the last flush");
@@ -329,6 +375,9 @@ impl Pipeline {
         }
         drop(tx);
         worker.summary.documents_written = sink_task.await.unwrap_or(0);
+        if let Some(checkpoints) = worker.checkpoints.as_mut() {
+            checkpoints.finish(&worker.engine, &worker.positions).await;
+        }
         worker.update_gauges();
         source.commit_for_monitoring(&worker.positions);
         worker.summary.positions = worker.positions.clone();
@@ -341,8 +390,8 @@ impl Pipeline {
 async fn sink_loop(
     sink: MongoSink,
     mut rx: mpsc::Receiver<Batch>,
-    metrics: Metrics,
-    health: Arc<Health>,
+    acked: Arc<AtomicU64>,
+    (metrics, health): (Metrics, Arc<Health>),
     backoff: Backoff,
 ) -> u64 {
     let mut written = 0u64;
@@ -368,6 +417,7 @@ async fn sink_loop(
                                 written += n as u64;
                             }
                             set_up(true);
+                            acked.fetch_add(1, Ordering::Release);
                             break;
                         }
                         Err(e) => {

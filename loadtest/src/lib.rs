@@ -219,7 +219,8 @@ impl Generator {
         }))
     }
 
-    fn malformed(&mut self, t: DateTime<Utc>) -> (String, &'static str) {
+    /// A malformed event at time `t`, sent at `sent`.
+    fn malformed(&mut self, t: DateTime<Utc>, sent: DateTime<Utc>) -> (String, &'static str) {
         let reason = MALFORMED_REASONS[self.malformed_next % MALFORMED_REASONS.len()];
         self.malformed_next += 1;
         let mut v = self.purchase(t).value;
@@ -232,7 +233,8 @@ impl Generator {
             "out_of_range" => v["items"][0]["quantity"] = json!(0),
             "unknown_event_type" => v["event_type"] = json!("exchange"),
             "future_timestamp" => {
-                v["timestamp"] = json!((t + Duration::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                // Past the send time (a late event's own time may be days behind it).
+                v["timestamp"] = json!((sent + Duration::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             }
             _ => unreachable!(),
         }
@@ -271,7 +273,7 @@ impl Iterator for Generator {
         let roll: f64 = self.rng.gen();
         let c = self.cfg.clone();
         let message = if roll < c.malformed_rate {
-            let (payload, reason) = self.malformed(t);
+            let (payload, reason) = self.malformed(t, sent);
             Message {
                 key: format!("C{:06}", self.made % c.customers),
                 payload,

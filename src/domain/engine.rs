@@ -59,11 +59,16 @@ pub struct ViewChanges {
     pub facts: Vec<Fact>,
     pub sessions: Vec<SessionFact>,
     pub dims: DimDocs,
+    /// A full flush: the upserts of `products` and `trends` are those views' whole content,
+    /// so a sink removes any other document there (left by a run the state does not know of,
+    /// e.g. flushes written after the snapshot a restart restored).
+    pub complete: bool,
 }
 
 impl ViewChanges {
     pub fn is_empty(&self) -> bool {
-        self.facts.is_empty()
+        !self.complete
+            && self.facts.is_empty()
             && self.sessions.is_empty()
             && self.dims.is_empty()
             && self.rfm.is_empty()
@@ -180,7 +185,7 @@ impl Engine {
         let (facts, changed) = self.warehouse.flush();
         let sessions = self.warehouse.take_sessions();
         let dims = self.dim_docs(&rfm, changed);
-        ViewChanges { rfm, products, trends, facts, sessions, dims }
+        ViewChanges { rfm, products, trends, facts, sessions, dims, complete: full }
     }
 
     /// Completes the dimension rows: products from their latest attributes; customers whose

@@ -2,7 +2,9 @@
 //! errors go through `tracing`. Until start-up has confirmed the broker they are debug
 //! lines (the start-up error says it in one line); afterwards warnings, with an identical
 //! message repeated within 30 s suppressed, so an outage is visible without flooding.
+//! It also keeps the partitions' high watermarks from librdkafka's statistics (for lag).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
+use rdkafka::Statistics;
 
 const REPEAT_WINDOW: Duration = Duration::from_secs(30);
 
@@ -18,12 +21,19 @@ const REPEAT_WINDOW: Duration = Duration::from_secs(30);
 pub struct LogContext {
     started: Arc<AtomicBool>,
     last: Arc<Mutex<Option<(String, Instant)>>>,
+    high_watermarks: Arc<Mutex<HashMap<(String, i32), i64>>>,
 }
 
 impl LogContext {
     /// From now on librdkafka's problems are warnings.
     pub fn mark_started(&self) {
         self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// The high watermark of a partition in the latest statistics.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let marks = self.high_watermarks.lock().unwrap_or_else(|e| e.into_inner());
+        marks.get(&(topic.to_owned(), partition)).copied().filter(|&h| h >= 0)
     }
 
     fn report(&self, serious: bool, message: String) {
@@ -50,6 +60,17 @@ impl ClientContext for LogContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.report(true, format!("{error}: {reason}"));
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut marks = self.high_watermarks.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in statistics.topics {
+            for (&p, partition) in &topic.partitions {
+                if p >= 0 {
+                    marks.insert((name.clone(), p), partition.hi_offset);
+                }
+            }
+        }
     }
 }
 

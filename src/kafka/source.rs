@@ -25,6 +25,9 @@ pub enum StartAt {
     Offsets(BTreeMap<i32, i64>),
     /// The first message with a timestamp at or after this instant.
     Timestamp(DateTime<Utc>),
+    /// Where a snapshot left off, per (topic name, partition); partitions it does not know
+    /// (new ones) start at the beginning.
+    Resume(BTreeMap<(String, i32), i64>),
 }
 
 impl std::str::FromStr for StartAt {
@@ -68,6 +71,10 @@ impl Source {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
+        if !kafka.librdkafka_options.contains_key("statistics.interval.ms") {
+            // Partition high watermarks for the lag gauges.
+            config.set("statistics.interval.ms", "1000");
+        }
         let context = LogContext::default();
         let consumer: StreamConsumer<LogContext> = config.create_with_context(context.clone())?;
         let timeout = Duration::from_millis(kafka.connect_timeout_ms);
@@ -117,6 +124,16 @@ impl Source {
                 .iter()
                 .map(|(&tp, &(low, high))| (tp, map.get(&tp.1).map_or(low, |&o| o.clamp(low, high))))
                 .collect(),
+            StartAt::Resume(map) => marks
+                .iter()
+                .map(|(&(topic, p), &(low, high))| {
+                    let saved = map.get(&(self.topics[topic].clone(), p)).copied();
+                    if saved.is_some_and(|o| o < low) {
+                        tracing::warn!(topic = %self.topics[topic], partition = p, low, "retention deleted events after the snapshot's position: they are missing from the state");
+                    }
+                    ((topic, p), saved.map_or(low, |o| o.clamp(low, high)))
+                })
+                .collect(),
             StartAt::Timestamp(t) => {
                 let mut tpl = TopicPartitionList::new();
                 for &(topic, p) in &self.partitions {
@@ -144,6 +161,15 @@ impl Source {
         }
         self.consumer.assign(&tpl)?;
         Ok(offsets)
+    }
+
+    /// The high watermarks in librdkafka's latest statistics (no request made): partitions
+    /// with none yet are left out.
+    pub fn cached_high_watermarks(&self) -> BTreeMap<TopicPartition, i64> {
+        self.partitions
+            .iter()
+            .filter_map(|&(t, p)| Some(((t, p), self.consumer.context().high_watermark(&self.topics[t], p)?)))
+            .collect()
     }
 
     /// Reports positions to the consumer group, for lag monitoring only (best effort).

@@ -127,6 +127,14 @@ impl MongoSink {
         stats.per_collection.push((PRODUCT_PERFORMANCE, n));
         let n = self.delete(SALES_TRENDS, &changes.trends.deletes).await? + self.upsert(SALES_TRENDS, trends).await?;
         stats.per_collection.push((SALES_TRENDS, n));
+        if changes.complete {
+            // Everything in these views was just written with this stamp: anything else is stale.
+            let stale = doc! { "updated_at": { "$ne": documents::date(written_at) } };
+            for collection in [PRODUCT_PERFORMANCE, SALES_TRENDS] {
+                let statement = doc! { "q": stale.clone(), "limit": 0 };
+                self.write_command(collection, "delete", "deletes", vec![statement]).await?;
+            }
+        }
 
         // Dimensions before facts, so that a fact's keys always resolve.
         let d = &changes.dims;

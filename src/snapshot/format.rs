@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::domain::Engine;
+use crate::domain::{Engine, ViewConfig};
 
 pub const MAGIC: &[u8; 8] = b"MARTSNAP";
 pub const FORMAT_VERSION: u32 = 1;
@@ -42,7 +42,7 @@ pub enum SnapshotError {
 }
 
 /// Where a snapshot stands: what it was taken for and up to where.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// Milliseconds since the epoch, wall clock, when it was taken.
     pub taken_at_ms: i64,
@@ -50,6 +50,8 @@ pub struct SnapshotMeta {
     pub database: String,
     /// Next offset to read, per (topic, partition): every message before it is in the state.
     pub positions: Vec<(String, i32, i64)>,
+    /// The view settings the state was built with: another setting needs a rebuild.
+    pub views: ViewConfig,
 }
 
 /// A decoded snapshot.
@@ -92,8 +94,8 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     if xxh3_64(body) != word(24) {
         return Err(SnapshotError::Checksum);
     }
-    let (meta, engine) = postcard::from_bytes::<(SnapshotMeta, Engine)>(body)
-        .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    let (meta, engine) =
+        postcard::from_bytes::<(SnapshotMeta, Engine)>(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
     Ok(Snapshot { meta, engine })
 }
 
@@ -108,7 +110,12 @@ mod tests {
     use crate::domain::ViewConfig;
 
     fn meta() -> SnapshotMeta {
-        SnapshotMeta { taken_at_ms: 1, database: "db".into(), positions: vec![("sales".into(), 0, 30), ("sales".into(), 1, 20)] }
+        SnapshotMeta {
+            taken_at_ms: 1,
+            database: "db".into(),
+            positions: vec![("sales".into(), 0, 30), ("sales".into(), 1, 20)],
+            views: ViewConfig::default(),
+        }
     }
 
     /// Feeds arrivals to the engine and returns every flush's output.
@@ -153,7 +160,12 @@ mod tests {
     #[test]
     fn refuses_damage_with_a_reason() {
         let mut engine = Engine::new(ViewConfig::default());
-        feed(&mut engine, &arrivals(&steps(60, 5).new_tree(&mut proptest::test_runner::TestRunner::deterministic()).unwrap().current()));
+        feed(
+            &mut engine,
+            &arrivals(
+                &steps(60, 5).new_tree(&mut proptest::test_runner::TestRunner::deterministic()).unwrap().current(),
+            ),
+        );
         let bytes = encode(&meta(), &engine);
         assert_eq!(decode(&bytes[..10]).unwrap_err(), SnapshotError::Truncated(10));
         assert_eq!(decode(&bytes[..bytes.len() - 1]).unwrap_err(), SnapshotError::Truncated(bytes.len() - 1));

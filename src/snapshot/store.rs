@@ -22,6 +22,9 @@ pub struct SnapshotStore {
     keep: usize,
 }
 
+/// What a newest-first read found: the snapshot used (if any) and those passed over.
+pub type Found = (Option<(PathBuf, Snapshot)>, Vec<Skipped>);
+
 /// A snapshot that was passed over, and why.
 #[derive(Debug)]
 pub struct Skipped {
@@ -57,7 +60,7 @@ impl SnapshotStore {
                 Some((seq, e.path()))
             })
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
         Ok(found)
     }
 
@@ -89,15 +92,16 @@ impl SnapshotStore {
     pub fn load_newest(
         &self,
         usable: impl Fn(&Snapshot) -> Result<(), String>,
-    ) -> Result<(Option<(PathBuf, Snapshot)>, Vec<Skipped>), SnapshotError> {
+    ) -> Result<Found, SnapshotError> {
         let mut skipped = Vec::new();
         for (_, path) in self.list()? {
-            let read = fs::read(&path).map_err(|e| io("cannot read", &path, e)).and_then(|b| decode(&b)).and_then(
-                |s| match usable(&s) {
-                    Ok(()) => Ok(s),
-                    Err(why) => Err(SnapshotError::Incompatible(why)),
-                },
-            );
+            let read =
+                fs::read(&path).map_err(|e| io("cannot read", &path, e)).and_then(|b| decode(&b)).and_then(|s| {
+                    match usable(&s) {
+                        Ok(()) => Ok(s),
+                        Err(why) => Err(SnapshotError::Incompatible(why)),
+                    }
+                });
             match read {
                 Ok(snapshot) => return Ok((Some((path, snapshot)), skipped)),
                 Err(error) => skipped.push(Skipped { path, error }),
@@ -114,7 +118,7 @@ mod tests {
     use crate::snapshot::format::{encode, SnapshotMeta};
 
     fn bytes(taken_at_ms: i64) -> Vec<u8> {
-        let meta = SnapshotMeta { taken_at_ms, database: "db".into(), positions: vec![] };
+        let meta = SnapshotMeta { taken_at_ms, database: "db".into(), positions: vec![], views: ViewConfig::default() };
         encode(&meta, &Engine::new(ViewConfig::default()))
     }
 

@@ -2,7 +2,10 @@
 //! `martstream_<thing>_<unit>[_total]`; labels are bounded (reason, event type, collection,
 //! outcome), never a customer or product id.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::domain::RejectReason;
 
@@ -24,6 +27,13 @@ pub struct Metrics {
     pub customers: IntGauge,
     pub dedup_entries: IntGauge,
     pub event_time_watermark: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub snapshots: IntCounterVec,
+    pub snapshot_duration: Gauge,
+    pub snapshot_size: IntGauge,
+    pub snapshot_last_success: IntGauge,
+    pub snapshot_age: Gauge,
+    pub restore_duration: Gauge,
 }
 
 impl Metrics {
@@ -38,6 +48,7 @@ impl Metrics {
             reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
         };
         let gauge = |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).unwrap());
+        let float_gauge = |name: &str, help: &str| reg(&registry, Gauge::new(name, help).unwrap());
 
         let m = Metrics {
             events_consumed: counter("martstream_events_consumed_total", "Messages read from the input topic."),
@@ -91,8 +102,44 @@ impl Metrics {
                 "martstream_event_time_watermark_seconds",
                 "Largest event time applied, Unix seconds.",
             ),
+            consumer_lag: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "martstream_consumer_lag_messages",
+                        "Messages in a partition not read yet: high watermark minus position.",
+                    ),
+                    &["topic", "partition"],
+                )
+                .unwrap(),
+            ),
+            snapshots: counter_vec(
+                "martstream_snapshots_total",
+                "Snapshots of the state written, by outcome (error: e.g. disk full; the previous ones are kept).",
+                &["outcome"],
+            ),
+            snapshot_duration: float_gauge(
+                "martstream_snapshot_duration_seconds",
+                "Time the last snapshot took to encode and write durably.",
+            ),
+            snapshot_size: gauge("martstream_snapshot_size_bytes", "Size of the last snapshot written."),
+            snapshot_last_success: gauge(
+                "martstream_snapshot_last_success_timestamp_seconds",
+                "When the last snapshot was written (or restored from), Unix seconds.",
+            ),
+            snapshot_age: float_gauge(
+                "martstream_snapshot_age_seconds",
+                "Seconds since the newest snapshot was taken: how much a crash would replay.",
+            ),
+            restore_duration: float_gauge(
+                "martstream_restore_duration_seconds",
+                "Time the start-up restore from a snapshot took (0 when none was used).",
+            ),
             registry,
         };
+        for outcome in ["ok", "error"] {
+            m.snapshots.with_label_values(&[outcome]);
+        }
         // Expose every reason from the start, so a rate() over them works before the first one.
         for reason in RejectReason::ALL {
             m.events_dlq.with_label_values(&[reason.as_str()]);

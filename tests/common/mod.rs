@@ -79,6 +79,9 @@ impl Scenario {
             "kafka.partitions=4".into(),
             "--set".into(),
             "service.flush_interval_ms=200".into(),
+            // Snapshots go to <dir>/<database>: per test, out of the source tree.
+            "--set".into(),
+            format!("snapshot.dir={}", std::env::temp_dir().join("martstream-test-snapshots").display()),
         ];
         args.extend(self.extra.iter().cloned());
         args

@@ -635,3 +635,24 @@ pub async fn check_sessions(db: &mongodb::Database, messages: &[Message]) -> Res
     }
     Ok(())
 }
+
+/// Every view and fact of `db` against the recompute of `messages` (transactions) and
+/// `sessions` as of `as_of`; `dated`: also check each view document's analysis_date.
+pub async fn check_every_view(
+    db: &mongodb::Database,
+    messages: &[Message],
+    sessions: &[Message],
+    as_of: DateTime<Utc>,
+    dated: bool,
+) -> Result<(), String> {
+    let applied = applied(messages);
+    let at = dated.then_some(as_of);
+    rfm_diff(&read_all(db, "customer_rfm_analysis").await, &rfm(&applied, as_of, false), at)
+        .map_err(|e| format!("customer_rfm_analysis: {e}"))?;
+    products_diff(&read_all(db, "product_performance").await, &products(&applied, as_of), at)
+        .map_err(|e| format!("product_performance: {e}"))?;
+    trends_diff(&read_all(db, "sales_trends").await, &trends(&applied, as_of))
+        .map_err(|e| format!("sales_trends: {e}"))?;
+    check_star_schema(db, &applied).await.map_err(|e| format!("star schema: {e}"))?;
+    check_sessions(db, sessions).await.map_err(|e| format!("sessions: {e}"))
+}
