@@ -178,7 +178,7 @@ fn as_of_policy(args: &ClockArgs, default: Clock) -> AsOf {
 /// Starts every adapter, then consumes: to the end of the topic (`replay`) or until a signal.
 async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, serve_http: bool) -> Result<Summary> {
     let metrics = Metrics::new();
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(config.service.ready_max_lag));
     let shutdown = CancellationToken::new();
     install_signal_handlers(shutdown.clone());
 
@@ -194,11 +194,18 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
     sink.prepare().await?;
     health.set_mongo_ok(true);
     let dlq = DeadLetters::new(&config.kafka)?;
+    let mut queries = None;
     if serve_http && !config.service.http_listen.is_empty() {
-        let (addr, _) =
-            crate::http::serve(&config.service.http_listen, metrics.clone(), health.clone(), shutdown.child_token())
-                .await?;
-        info!(%addr, "serving /metrics, /healthz, /readyz");
+        let (client, rx) = crate::query::channel();
+        queries = Some(rx);
+        let (addr, _) = crate::http::serve(
+            &config.service.http_listen,
+            (metrics.clone(), health.clone()),
+            client,
+            shutdown.child_token(),
+        )
+        .await?;
+        info!(%addr, "serving /metrics, /healthz, /readyz and the query API under /v1");
     }
 
     // `run` resumes from the newest usable snapshot; `replay` always rebuilds.
@@ -258,7 +265,7 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
         worker = worker.with_checkpoints(c, restored);
     }
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
-    Ok(Pipeline { source, worker }.run(sink, until, to_end, shutdown).await)
+    Ok(Pipeline { source, worker, queries }.run(sink, until, to_end, shutdown).await)
 }
 
 /// First SIGTERM/SIGINT: graceful (flush, then exit). Second: exit at once. The signal

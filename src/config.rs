@@ -133,6 +133,9 @@ pub struct ServiceConfig {
     /// Consumption pauses while more facts than this wait for MongoDB (bounds memory during
     /// an outage; the views themselves coalesce and need no bound).
     pub max_pending_facts: usize,
+    /// /readyz answers 503 while more messages than this wait to be read (over all input
+    /// partitions): the views are too far behind to be called current.
+    pub ready_max_lag: i64,
 }
 
 impl Default for ServiceConfig {
@@ -144,6 +147,7 @@ impl Default for ServiceConfig {
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
             max_pending_facts: 500_000,
+            ready_max_lag: 100_000,
         }
     }
 }

@@ -1,12 +1,21 @@
 //! What /readyz reports: shared flags set by the pipeline and the sink.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     state_ready: AtomicBool,
     partitions: AtomicUsize,
     mongo_ok: AtomicBool,
+    /// Messages not read yet, over every input partition.
+    lag: AtomicI64,
+    max_lag: i64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(i64::MAX)
+    }
 }
 
 /// Why the service is not ready, or that it is.
@@ -16,9 +25,24 @@ pub struct Readiness {
     pub state_restored: bool,
     pub partitions_assigned: usize,
     pub mongo_reachable: bool,
+    pub lag_messages: i64,
+    pub max_lag_messages: i64,
 }
 
 impl Health {
+    /// Ready only while the total consumer lag is at most `max_lag` messages.
+    pub fn new(max_lag: i64) -> Self {
+        Health {
+            state_ready: AtomicBool::new(false),
+            partitions: AtomicUsize::new(0),
+            mongo_ok: AtomicBool::new(false),
+            lag: AtomicI64::new(0),
+            max_lag,
+        }
+    }
+    pub fn set_lag(&self, messages: i64) {
+        self.lag.store(messages, Ordering::Relaxed);
+    }
     pub fn set_state_ready(&self, v: bool) {
         self.state_ready.store(v, Ordering::Relaxed);
     }
@@ -32,11 +56,14 @@ impl Health {
         let state_restored = self.state_ready.load(Ordering::Relaxed);
         let partitions_assigned = self.partitions.load(Ordering::Relaxed);
         let mongo_reachable = self.mongo_ok.load(Ordering::Relaxed);
+        let lag_messages = self.lag.load(Ordering::Relaxed);
         Readiness {
-            ready: state_restored && partitions_assigned > 0 && mongo_reachable,
+            ready: state_restored && partitions_assigned > 0 && mongo_reachable && lag_messages <= self.max_lag,
             state_restored,
             partitions_assigned,
             mongo_reachable,
+            lag_messages,
+            max_lag_messages: self.max_lag,
         }
     }
 }

@@ -1,31 +1,102 @@
 //! The operator's HTTP endpoints: /metrics (Prometheus text), /healthz (alive), /readyz
-//! (state restored, partitions assigned, MongoDB reachable; 503 otherwise).
+//! (state restored, partitions assigned, MongoDB reachable, lag under the threshold; 503
+//! otherwise), and the query API under /v1 (described by /v1/openapi.json).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::trends::Granularity;
 use crate::health::Health;
+use crate::query::{Query, QueryClient};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 struct AppState {
     metrics: Metrics,
     health: Arc<Health>,
+    queries: QueryClient,
 }
 
-pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
+pub fn router(metrics: Metrics, health: Arc<Health>, queries: QueryClient) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .route("/v1/customers/{id}", get(customer))
+        .route("/v1/segments", get(segments))
+        .route("/v1/products/top", get(top_products))
+        .route("/v1/trends/{granularity}", get(trends))
+        .route("/v1/openapi.json", get(openapi))
+        .with_state(AppState { metrics, health, queries })
+}
+
+const OPENAPI: &str = include_str!("../docs/openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+fn problem(code: StatusCode, message: String) -> axum::response::Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn ask(s: &AppState, q: Query, missing: impl FnOnce() -> String) -> axum::response::Response {
+    match s.queries.ask(q).await {
+        Ok(Some(answer)) => Json(answer).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, missing()),
+        Err(()) => problem(StatusCode::SERVICE_UNAVAILABLE, "the service is stopping".into()),
+    }
+}
+
+async fn customer(State(s): State<AppState>, Path(id): Path<String>) -> axum::response::Response {
+    if id.is_empty() || id.chars().count() > 128 {
+        return problem(StatusCode::BAD_REQUEST, "a customer id is 1 to 128 characters".into());
+    }
+    let missing = || format!("customer {id:?} is not in customer_rfm_analysis (no purchase seen, or not flushed yet)");
+    ask(&s, Query::Customer(id.clone()), missing).await
+}
+
+async fn segments(State(s): State<AppState>) -> axum::response::Response {
+    ask(&s, Query::Segments, String::new).await
+}
+
+#[derive(serde::Deserialize)]
+struct TopParams {
+    category: Option<String>,
+    n: Option<String>,
+}
+
+async fn top_products(State(s): State<AppState>, QueryParams(p): QueryParams<TopParams>) -> axum::response::Response {
+    let n = match p.n.as_deref().map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return problem(StatusCode::BAD_REQUEST, "n must be an integer from 1 to 1000".into()),
+    };
+    let category = p.category.filter(|c| !c.is_empty());
+    let missing = {
+        let c = category.clone();
+        move || format!("no product of category {:?} in product_performance", c.unwrap_or_default())
+    };
+    ask(&s, Query::TopProducts { category, n }, missing).await
+}
+
+async fn trends(State(s): State<AppState>, Path(g): Path<String>) -> axum::response::Response {
+    let g = match g.as_str() {
+        "daily" => Granularity::Daily,
+        "weekly" => Granularity::Weekly,
+        "monthly" => Granularity::Monthly,
+        other => {
+            return problem(StatusCode::BAD_REQUEST, format!("{other:?} is not one of daily, weekly, monthly"));
+        }
+    };
+    ask(&s, Query::Trends(g), String::new).await
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
@@ -42,14 +113,14 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 /// Binds now (so a taken port fails at start) and serves until `shutdown`.
 pub async fn serve(
     listen: &str,
-    metrics: Metrics,
-    health: Arc<Health>,
+    (metrics, health): (Metrics, Arc<Health>),
+    queries: QueryClient,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let app = router(metrics, health);
+    let app = router(metrics, health, queries);
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });

@@ -27,6 +27,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod pipeline;
+pub mod query;
 pub mod sink;
 pub mod snapshot;
 pub mod telemetry;

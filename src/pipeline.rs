@@ -23,6 +23,7 @@ use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection, ViewChange
 use crate::health::Health;
 use crate::kafka::dlq::{DeadLetters, SourcePosition};
 use crate::kafka::source::{Source, TopicPartition};
+use crate::query::{self, Mirror};
 use crate::sink::mongo::MongoSink;
 use crate::telemetry::Metrics;
 
@@ -95,11 +96,15 @@ pub enum InputKind {
 /// One flush on its way to the sink.
 struct Batch {
     changes: ViewChanges,
+    /// Message timestamps (ms) of the events it carries, for the end-to-end latency.
+    produced_ms: Vec<i64>,
 }
 
 pub struct Pipeline {
     pub source: Source,
     pub worker: Worker,
+    /// Interactive queries from the HTTP API, answered between messages.
+    pub queries: Option<mpsc::Receiver<query::Request>>,
 }
 
 /// How a run flushes and retries.
@@ -132,6 +137,10 @@ pub struct Worker {
     complete_next: bool,
     /// Batches handed to the sink.
     sent: u64,
+    /// The last flushed windowed views, for queries.
+    mirror: Mirror,
+    /// Message timestamps of the events applied since the last flush.
+    produced_ms: Vec<i64>,
 }
 
 impl Worker {
@@ -155,6 +164,8 @@ impl Worker {
             checkpoints: None,
             complete_next: false,
             sent: 0,
+            mirror: Mirror::default(),
+            produced_ms: Vec::new(),
         }
     }
 
@@ -217,6 +228,9 @@ impl Worker {
             Err(rejection) => Some(rejection),
             Ok(Outcome::Applied { .. }) => {
                 self.summary.applied += 1;
+                if let Some(t) = message_ts {
+                    self.produced_ms.push(t);
+                }
                 None
             }
             Ok(Outcome::Duplicate) => {
@@ -283,9 +297,10 @@ impl Worker {
             let changes = self.engine.flush(as_of, self.complete_next);
             self.complete_next = false;
             self.summary.as_of = Some(as_of);
+            self.mirror.apply(&changes);
             if !changes.is_empty() {
                 self.sent += 1;
-                permit.send(Batch { changes });
+                permit.send(Batch { changes, produced_ms: std::mem::take(&mut self.produced_ms) });
             }
         }
     }
@@ -297,6 +312,7 @@ impl Worker {
         }
         self.late_exported = late;
         self.metrics.customers.set(self.engine.rfm().customer_count() as i64);
+        self.metrics.products.set(self.engine.products().product_count() as i64);
         self.metrics.dedup_entries.set(self.engine.dedup_len() as i64);
         if let Some(w) = self.engine.watermark() {
             self.metrics.event_time_watermark.set(w.timestamp());
@@ -304,11 +320,14 @@ impl Worker {
     }
 
     fn update_lag(&self, source: &Source) {
+        let mut total = 0;
         for ((t, p), high) in source.cached_high_watermarks() {
             let position = self.positions.get(&(t, p)).copied().unwrap_or(0);
-            let partition = p.to_string();
-            self.metrics.consumer_lag.with_label_values(&[&source.topics[t], &partition]).set((high - position).max(0));
+            let lag = (high - position).max(0);
+            total += lag;
+            self.metrics.consumer_lag.with_label_values(&[&source.topics[t], &p.to_string()]).set(lag);
         }
+        self.health.set_lag(total);
     }
 
     fn caught_up(&self, until: &Until) -> bool {
@@ -323,7 +342,8 @@ impl Pipeline {
     /// Consumes until `until` or `shutdown`, then writes a last flush (every document when
     /// `final_full`) and waits until MongoDB has it.
     pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
-        let Pipeline { source, mut worker } = self;
+        let Pipeline { source, mut worker, queries } = self;
+        let mut queries = queries.unwrap_or_else(|| query::channel().1);
         let (tx, rx) = mpsc::channel::<Batch>(1);
         let acked = Arc::new(AtomicU64::new(0));
         let sink_task = tokio::spawn(sink_loop(
@@ -341,6 +361,9 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                Some((q, reply)) = queries.recv() => {
+                    let _ = reply.send(worker.mirror.answer(&worker.engine, &q));
+                }
                 _ = tick.tick() => {
                     worker.checkpoint(&acked).await;
                     worker.try_flush(&tx);
@@ -369,7 +392,9 @@ impl Pipeline {
         if let Some(as_of) = worker.cadence.as_of.at(&worker.engine) {
             let changes = worker.engine.flush(as_of, final_full || worker.complete_next);
             worker.summary.as_of = Some(as_of);
-            if !changes.is_empty() && tx.send(Batch { changes }).await.is_err() {
+            worker.mirror.apply(&changes);
+            let produced_ms = std::mem::take(&mut worker.produced_ms);
+            if !changes.is_empty() && tx.send(Batch { changes, produced_ms }).await.is_err() {
                 warn!("sink stopped before the last flush");
             }
         }
@@ -417,6 +442,7 @@ async fn sink_loop(
                                 written += n as u64;
                             }
                             set_up(true);
+                            metrics.latency.record(&batch.produced_ms, Utc::now().timestamp_millis());
                             acked.fetch_add(1, Ordering::Release);
                             break;
                         }

@@ -120,6 +120,18 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
         Some(count(&|l| *l == Label::Malformed("invalid_json")))
     );
     assert_eq!(metric(&text, "martstream_mongo_up"), Some(1.0));
+    check_exposition_format(&text);
+    for series in [
+        "martstream_consumer_lag_messages{partition=\"0\",topic=",
+        "martstream_end_to_end_latency_seconds{quantile=\"0.99\"}",
+        "martstream_process_resident_memory_bytes",
+        "martstream_snapshot_age_seconds",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(series)), "{series} missing from /metrics:\n{text}");
+    }
+
+    // The query API answers what the MongoDB views hold (nothing is in flight now).
+    check_query_api(&base, &s).await;
 
     // SIGTERM: a last flush, then a clean exit.
     let pid = service.0.id() as i32;
@@ -133,6 +145,97 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
     .unwrap()
     .unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}\n{}", service_log());
+}
+
+/// Every line of a Prometheus text exposition is a comment (# HELP / # TYPE) or
+/// `name{label="value",...} number`, and every sample's family was declared.
+fn check_exposition_format(text: &str) {
+    let mut declared = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap(), parts.next().expect("a metric name"));
+            assert!(kind == "HELP" || kind == "TYPE", "{line}");
+            if kind == "TYPE" {
+                let t = parts.next().unwrap_or_default();
+                assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&t), "{line}");
+                declared.insert(name.to_owned());
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series and value");
+        assert!(value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value), "{line}");
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "{line}");
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        assert!(declared.contains(name) || declared.contains(family), "{line}: no # TYPE");
+        if let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) {
+            let labels = labels.strip_suffix('}').expect("closing brace");
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+                assert!(!v.trim_end_matches('"').contains('"'), "{line}");
+            }
+        }
+        assert!(name.starts_with("martstream_"), "{line}: every metric is martstream_*");
+    }
+}
+
+/// The API against the MongoDB documents: customers, segments, top products, trends, and
+/// the 400/404 answers.
+async fn check_query_api(base: &str, s: &Scenario) {
+    use serde_json::Value;
+    let json = |body: &str| serde_json::from_str::<Value>(body).unwrap();
+    // MongoDB's documents as the API writes them: plain JSON, no _id or updated_at.
+    let strip = martstream::query::to_json;
+    let rfm = s.collection("customer_rfm_analysis").await;
+    for d in rfm.iter().step_by(37) {
+        let id = d.get_str("customer_id").unwrap();
+        let (code, body) = get(&format!("{base}/v1/customers/{id}")).await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json(&body), strip(d.clone()), "customer {id}");
+    }
+    let mut segments = std::collections::BTreeMap::<String, u64>::new();
+    for d in &rfm {
+        *segments.entry(d.get_str("rfm_segment").unwrap().to_owned()).or_default() += 1;
+    }
+    let (code, body) = get(&format!("{base}/v1/segments")).await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(json(&body), serde_json::json!({ "customers": rfm.len(), "segments": segments }));
+
+    let products = s.collection("product_performance").await;
+    let category = products[0].get_str("category").unwrap().to_owned();
+    let mut in_category: Vec<_> = products.iter().filter(|d| d.get_str("category") == Ok(&category)).cloned().collect();
+    in_category.sort_by_key(|d| {
+        d.get_i32("rank_in_category").map(i64::from).unwrap_or_else(|_| d.get_i64("rank_in_category").unwrap())
+    });
+    let (code, body) =
+        get(&format!("{base}/v1/products/top?category={}&n=3", category.replace(' ', "%20"))).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let want: Vec<Value> = in_category.into_iter().take(3).map(strip).collect();
+    assert_eq!(json(&body)["products"], Value::Array(want));
+
+    let trends = s.collection("sales_trends").await;
+    let mut monthly: Vec<_> = trends.into_iter().filter(|d| d.get_str("trend_type") == Ok("monthly")).collect();
+    monthly.sort_by_key(|d| d.get_str("date").unwrap().to_owned());
+    let (code, body) = get(&format!("{base}/v1/trends/monthly")).await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["periods"], Value::Array(monthly.into_iter().map(strip).collect()));
+
+    for (path, code) in [
+        ("/v1/customers/NOBODY", 404),
+        ("/v1/trends/hourly", 400),
+        ("/v1/products/top?n=0", 400),
+        ("/v1/products/top?n=x", 400),
+        ("/v1/products/top?category=NoSuchCategory", 404),
+    ] {
+        let (got, body) = get(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(got, code, "{path}: {body}");
+        assert!(json(&body)["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
+    }
+    let (code, body) = get(&format!("{base}/v1/openapi.json")).await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["openapi"], "3.0.3");
 }
 
 fn unsafe_kill(pid: i32, signal: i32) -> i32 {

@@ -199,6 +199,8 @@ type Bounds = [i64; 4];
 /// What the previous flush left: the date of its `as_of` and its boundaries (F, M, R).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct FlushMark {
+    #[serde(with = "super::calendar::serde_instant")]
+    as_of: DateTime<Utc>,
     as_of_day: i64,
     bounds: Option<[Bounds; 3]>,
 }
@@ -230,6 +232,46 @@ impl RfmState {
 
     pub fn customer(&self, id: &str) -> Option<&Customer> {
         self.customers.get(id)
+    }
+
+    /// A customer's document as the views show it: as of the last flush, with the figures
+    /// applied since (scored against the last flush's boundaries until the next flush).
+    /// Equal to the MongoDB document whenever the customer has no unflushed event. `None`
+    /// for an unknown or refund-only customer, or before the first flush.
+    pub fn view(&self, id: &str) -> Option<RfmDoc> {
+        let mark = self.last_flush?;
+        let c = self.customers.get(id).filter(|c| c.frequency > 0)?;
+        let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
+        let recency = (mark.as_of_day - last_day).max(0);
+        let scores = match (c.dirty, mark.bounds) {
+            (false, _) if c.emitted != [0; 3] => c.emitted,
+            (_, Some([f, m, r])) => {
+                [score(last_day.min(mark.as_of_day), &r), score(i64::from(c.frequency), &f), score(c.monetary, &m)]
+            }
+            _ => self.config.bin_scores(recency, i64::from(c.frequency), c.monetary),
+        };
+        Some(RfmDoc {
+            customer_id: id.to_owned(),
+            first_purchase_at: c.first_purchase_at,
+            last_purchase_at: c.last_purchase_at,
+            recency,
+            frequency: i64::from(c.frequency),
+            monetary_cents: c.monetary,
+            r_score: scores[0],
+            f_score: scores[1],
+            m_score: scores[2],
+            rfm_segment: self.config.segment(scores).to_owned(),
+            analysis_date: mark.as_of,
+        })
+    }
+
+    /// Customers per segment, as of the last flush (what the view holds).
+    pub fn segment_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for segment in self.customers.values().filter(|c| c.emitted != [0; 3]).map(|c| self.config.segment(c.emitted)) {
+            *counts.entry(segment.to_owned()).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Applies one valid, first-seen event: O(1).
@@ -320,7 +362,7 @@ impl RfmState {
                 analysis_date: as_of,
             });
         }
-        self.last_flush = Some(FlushMark { as_of_day, bounds });
+        self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
         docs
     }
 

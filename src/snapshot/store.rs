@@ -89,10 +89,7 @@ impl SnapshotStore {
     }
 
     /// The newest snapshot that decodes and passes `usable`, with the ones passed over.
-    pub fn load_newest(
-        &self,
-        usable: impl Fn(&Snapshot) -> Result<(), String>,
-    ) -> Result<Found, SnapshotError> {
+    pub fn load_newest(&self, usable: impl Fn(&Snapshot) -> Result<(), String>) -> Result<Found, SnapshotError> {
         let mut skipped = Vec::new();
         for (_, path) in self.list()? {
             let read =

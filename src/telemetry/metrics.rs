@@ -3,10 +3,11 @@
 //! outcome), never a customer or product id.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
+use super::Latency;
 use crate::domain::RejectReason;
 
 #[derive(Clone)]
@@ -34,6 +35,9 @@ pub struct Metrics {
     pub snapshot_last_success: IntGauge,
     pub snapshot_age: Gauge,
     pub restore_duration: Gauge,
+    pub latency: Latency,
+    pub products: IntGauge,
+    resident_memory: IntGauge,
 }
 
 impl Metrics {
@@ -135,6 +139,19 @@ impl Metrics {
                 "martstream_restore_duration_seconds",
                 "Time the start-up restore from a snapshot took (0 when none was used).",
             ),
+            latency: Latency::new(reg(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "martstream_end_to_end_latency_seconds",
+                        "Event produced (message timestamp) to view written in MongoDB, quantiles over the last 1-2 minutes (hdrhistogram).",
+                    ),
+                    &["quantile"],
+                )
+                .unwrap(),
+            )),
+            products: gauge("martstream_products", "Products in the product_performance window."),
+            resident_memory: gauge("martstream_process_resident_memory_bytes", "Resident memory of the process."),
             registry,
         };
         for outcome in ["ok", "error"] {
@@ -152,6 +169,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(bytes) = resident_bytes() {
+            self.resident_memory.set(bytes);
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
@@ -162,4 +182,11 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Resident set size, from /proc (Linux); `None` elsewhere.
+fn resident_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }

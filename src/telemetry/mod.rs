@@ -1,7 +1,9 @@
 //! Telemetry: the Prometheus metrics and the log subscriber.
 
+pub mod latency;
 pub mod metrics;
 
+pub use latency::Latency;
 pub use metrics::Metrics;
 
 use crate::config::{LogConfig, LogFormat};

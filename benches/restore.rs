@@ -1,0 +1,132 @@
+//! Snapshot size and restore time at 100k / 1M / 5M customers (issue 5's benchmark).
+//!
+//! For each size: build the state in memory by applying purchases (1.2 per customer, 1–3
+//! lines, 1,000 products, 90 days), flush it, then time
+//! - `snapshot`: encode + atomic write with fsync (what the service does every interval);
+//! - `restore`: read the newest snapshot, verify its checksum, decode it into an engine;
+//! - baselines from the same run: reading the file's bytes alone (the I/O floor), and
+//!   rebuilding the same state by re-applying the already-decoded events (what a start
+//!   without snapshots costs at the very least: no Kafka, no JSON).
+//!
+//! Run: `cargo bench --bench restore [-- 100000 1000000 5000000]`. Prints a Markdown table.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use martstream::domain::{Decoded, Engine, EventKind, LineItem, Location, Transaction, ViewConfig};
+use martstream::snapshot::format::{encode, SnapshotMeta};
+use martstream::snapshot::SnapshotStore;
+
+fn events(customers: usize) -> Vec<Decoded> {
+    let start: DateTime<Utc> = "2026-08-01T00:00:00Z".parse().unwrap();
+    let n = customers + customers / 5;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    (0..n)
+        .map(|i| {
+            let customer = if i < customers { i } else { (next() as usize) % customers };
+            let lines = 1 + (next() % 3) as usize;
+            let items: Vec<LineItem> = (0..lines)
+                .map(|l| {
+                    let p = (next() % 1000) as usize;
+                    LineItem {
+                        product_id: format!("P{p:05}"),
+                        product_name: Some(format!("Item {p}")),
+                        category: Some(format!("Category {}", p % 12)),
+                        subcategory: None,
+                        brand: None,
+                        quantity: 1 + l as i64,
+                        unit_price_cents: 199 + (p as i64) * 7,
+                        discount_cents: 0,
+                    }
+                })
+                .collect();
+            let total = items.iter().map(|l| l.quantity * l.unit_price_cents).sum();
+            let tx = Transaction {
+                kind: EventKind::Purchase,
+                transaction_id: format!("T{i:09}"),
+                original_transaction_id: None,
+                user_id: format!("C{customer:08}"),
+                timestamp: start + Duration::seconds((i as i64 * 90 * 86_400) / n as i64),
+                items,
+                total_cents: total,
+                payment_method: Some("card".into()),
+                location: Some(Location { country: "Germany".into(), region: None, city: None, timezone: None }),
+            };
+            Decoded { fingerprint: i as u64, tx }
+        })
+        .collect()
+}
+
+fn build(events: &[Decoded]) -> Engine {
+    let mut engine = Engine::new(ViewConfig::default());
+    for e in events {
+        engine.apply(e);
+    }
+    let as_of = engine.watermark().unwrap();
+    engine.flush(as_of, true);
+    engine
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![100_000, 1_000_000, 5_000_000] } else { sizes };
+    let dir = tempfile::tempdir().unwrap();
+    println!("| customers | events | snapshot size | bytes/customer | snapshot (encode+fsync) | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for customers in sizes {
+        let events = events(customers);
+        let t = Instant::now();
+        let engine = build(&events);
+        let rebuild = secs(t);
+        let store = SnapshotStore::new(dir.path().join(customers.to_string()), 2);
+        let meta = SnapshotMeta {
+            taken_at_ms: 0,
+            database: "bench".into(),
+            positions: vec![("transactions".into(), 0, events.len() as i64)],
+            views: ViewConfig::default(),
+        };
+        let t = Instant::now();
+        let bytes = encode(&meta, &engine);
+        let path = store.save(&bytes).unwrap();
+        let snapshot = secs(t);
+        let size = bytes.len();
+        drop((bytes, engine));
+        let t = Instant::now();
+        let raw = std::fs::read(&path).unwrap();
+        let read = secs(t);
+        drop(raw);
+        let t = Instant::now();
+        let (found, skipped) = store.load_newest(|_| Ok(())).unwrap();
+        let restore = secs(t);
+        assert!(skipped.is_empty());
+        let restored = found.unwrap().1.engine;
+        assert_eq!(restored.rfm().customer_count(), customers);
+        println!(
+            "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× |",
+            events.len(),
+            size as f64 / 1048576.0,
+            size as f64 / customers as f64,
+            rebuild / restore
+        );
+        eprintln!("({customers} customers: peak RSS so far {:.0} MiB)", rss_mib());
+    }
+}
