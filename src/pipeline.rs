@@ -141,6 +141,8 @@ pub struct Worker {
     mirror: Mirror,
     /// Message timestamps of the events applied since the last flush.
     produced_ms: Vec<i64>,
+    /// When the segment gauges were last recounted (a scan of every customer).
+    segments_counted: Option<Instant>,
 }
 
 impl Worker {
@@ -166,6 +168,7 @@ impl Worker {
             sent: 0,
             mirror: Mirror::default(),
             produced_ms: Vec::new(),
+            segments_counted: None,
         }
     }
 
@@ -313,6 +316,12 @@ impl Worker {
         self.late_exported = late;
         self.metrics.customers.set(self.engine.rfm().customer_count() as i64);
         self.metrics.products.set(self.engine.products().product_count() as i64);
+        if self.segments_counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(15)) {
+            self.segments_counted = Some(Instant::now());
+            for (segment, n) in self.engine.rfm().segment_counts() {
+                self.metrics.segment_customers.with_label_values(&[&segment]).set(n as i64);
+            }
+        }
         self.metrics.dedup_entries.set(self.engine.dedup_len() as i64);
         if let Some(w) = self.engine.watermark() {
             self.metrics.event_time_watermark.set(w.timestamp());

@@ -1,6 +1,9 @@
 //! No Docker engine runs here, so the compose file is checked for what can be checked: it
 //! parses, every service has an image or a build, the ports are the documented ones, and
-//! martstream is pointed at the compose services with configuration keys that exist.
+//! martstream is pointed at the compose services with configuration keys that exist. The
+//! alert rules and every query of the Grafana dashboard go through Prometheus's own
+//! `promtool` (Debian's prometheus package; `scripts/test` installs it), and every metric
+//! they name is one martstream exports.
 
 use std::collections::BTreeMap;
 
@@ -62,4 +65,104 @@ fn martstream_environment_uses_real_configuration_keys() {
     assert_eq!(config.service.http_listen, "0.0.0.0:9464");
     let prometheus = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/prometheus.yml")).unwrap();
     assert!(prometheus.contains("martstream:9464"));
+}
+
+fn promtool_check_rules(path: &std::path::Path) {
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(path)
+        .output()
+        .expect("promtool (Debian package prometheus; scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "promtool check rules {}:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The metric names a PromQL expression mentions that martstream would have to export.
+fn martstream_metrics(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("martstream_") {
+        let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[i + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+/// Every metric family, including the labelled ones that only appear once they have a
+/// series (given one here).
+fn exported() -> String {
+    let m = martstream::telemetry::Metrics::new();
+    m.consumer_lag.with_label_values(&["transactions", "0"]).set(0);
+    m.segment_customers.with_label_values(&["Champions"]).set(0);
+    m.documents_written.with_label_values(&["fact_sales"]).inc_by(0);
+    m.late_events.with_label_values(&["sales_trends"]).inc_by(0);
+    m.render()
+}
+
+fn assert_exported(names: &[String], exported: &str, context: &str) {
+    for name in names {
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        assert!(
+            exported.contains(&format!("# TYPE {family} ")),
+            "{context} uses {name}, which martstream does not export"
+        );
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_name_real_metrics() {
+    let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/alerts.yml"));
+    promtool_check_rules(path);
+    let rules: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exported = exported();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            assert_exported(&martstream_metrics(rule["expr"].as_str().unwrap()), &exported, name);
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 5, "lag, DLQ rate, snapshot age, not ready, ...");
+    let prometheus = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/prometheus.yml")).unwrap();
+    assert!(prometheus.contains("alerts.yml"), "prometheus.yml loads the rules");
+}
+
+#[test]
+fn dashboard_queries_are_valid_promql_over_real_metrics() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/grafana/martstream-dashboard.json"))
+            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "martstream");
+    let exported = exported();
+    // Each panel query becomes a recording rule, so promtool parses it as PromQL.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut titles = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        titles.push(title.to_lowercase());
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert_exported(&martstream_metrics(expr), &exported, title);
+            let record = format!("dashboard:panel_{}_{}", panel["id"], target["refId"].as_str().unwrap());
+            rules.push_str(&format!(
+                "      - record: {record}\n        expr: {}\n",
+                serde_json::to_string(expr).unwrap()
+            ));
+        }
+    }
+    for wanted in ["throughput", "lag", "latency", "dead letters", "segment"] {
+        assert!(titles.iter().any(|t| t.contains(wanted)), "a panel about {wanted}: {titles:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&path, rules).unwrap();
+    promtool_check_rules(&path);
 }

@@ -201,7 +201,9 @@ async fn check_query_api(base: &str, s: &Scenario) {
     }
     let (code, body) = get(&format!("{base}/v1/segments")).await.unwrap();
     assert_eq!(code, 200);
-    assert_eq!(json(&body), serde_json::json!({ "customers": rfm.len(), "segments": segments }));
+    let mut got = json(&body);
+    got["segments"].as_object_mut().unwrap().retain(|_, n| *n != 0);
+    assert_eq!(got, serde_json::json!({ "customers": rfm.len(), "segments": segments }));
 
     let products = s.collection("product_performance").await;
     let category = products[0].get_str("category").unwrap().to_owned();

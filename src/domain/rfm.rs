@@ -265,9 +265,11 @@ impl RfmState {
         })
     }
 
-    /// Customers per segment, as of the last flush (what the view holds).
+    /// Customers per segment, as of the last flush (what the view holds); every configured
+    /// segment is listed, empty ones with 0.
     pub fn segment_counts(&self) -> std::collections::BTreeMap<String, u64> {
-        let mut counts = std::collections::BTreeMap::new();
+        let names = self.config.segments.iter().map(|r| &r.name).chain([&self.config.fallback_segment]);
+        let mut counts: std::collections::BTreeMap<String, u64> = names.map(|n| (n.clone(), 0)).collect();
         for segment in self.customers.values().filter(|c| c.emitted != [0; 3]).map(|c| self.config.segment(c.emitted)) {
             *counts.entry(segment.to_owned()).or_insert(0) += 1;
         }

@@ -33,6 +33,10 @@ fn histogram() -> Histogram<u64> {
 
 impl Latency {
     pub fn new(gauge: GaugeVec) -> Self {
+        // NaN until a flush carried an event (as a Prometheus summary with no observations).
+        for (_, label) in QUANTILES {
+            gauge.with_label_values(&[label]).set(f64::NAN);
+        }
         let windows = Windows { current: histogram(), previous: histogram(), started: Instant::now() };
         Latency { windows: Arc::new(Mutex::new(windows)), gauge }
     }

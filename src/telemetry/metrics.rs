@@ -37,6 +37,7 @@ pub struct Metrics {
     pub restore_duration: Gauge,
     pub latency: Latency,
     pub products: IntGauge,
+    pub segment_customers: IntGaugeVec,
     resident_memory: IntGauge,
 }
 
@@ -151,11 +152,20 @@ impl Metrics {
                 .unwrap(),
             )),
             products: gauge("martstream_products", "Products in the product_performance window."),
+            segment_customers: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("martstream_segment_customers", "Customers per RFM segment, as of the last flush."),
+                    &["segment"],
+                )
+                .unwrap(),
+            ),
             resident_memory: gauge("martstream_process_resident_memory_bytes", "Resident memory of the process."),
             registry,
         };
         for outcome in ["ok", "error"] {
             m.snapshots.with_label_values(&[outcome]);
+            m.flushes.with_label_values(&[outcome]);
         }
         // Expose every reason from the start, so a rate() over them works before the first one.
         for reason in RejectReason::ALL {
