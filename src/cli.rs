@@ -94,6 +94,17 @@ pub struct ReplayArgs {
     pub from_timestamp: Option<DateTime<Utc>>,
     #[command(flatten)]
     pub clock: ClockArgs,
+    /// Backfill into this database (a shadow) instead of mongo.database, with its own
+    /// consumer group; the live views are not touched.
+    #[arg(long, value_name = "DATABASE")]
+    pub into: Option<String>,
+    /// After the backfill, promote the shadow's collections into mongo.database, each
+    /// atomically (renameCollection with dropTarget).
+    #[arg(long, requires = "into")]
+    pub swap: bool,
+    /// Read at most this many messages per second (spares the broker and MongoDB).
+    #[arg(long, value_name = "MESSAGES_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -141,7 +152,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Run(clock) => {
             let as_of = as_of_policy(clock, config.service.clock);
-            let summary = consume(&config, StartAt::Beginning, false, as_of, true).await?;
+            let plan = Plan { start: StartAt::Beginning, as_of, service: true, rate: None, dims_from: None };
+            let summary = consume(&config, plan).await?;
             info!(consumed = summary.consumed, "stopped");
             Ok(())
         }
@@ -152,7 +164,21 @@ pub async fn run(cli: Cli) -> Result<()> {
                 (None, None) => StartAt::Beginning,
             };
             let as_of = as_of_policy(&args.clock, Clock::Event);
-            let s = consume(&config, start, true, as_of, false).await?;
+            let live = config.mongo.database.clone();
+            let mut config = config;
+            if let Some(into) = &args.into {
+                if *into == live {
+                    anyhow::bail!("--into {into:?} is the live database; replay without --into writes there");
+                }
+                config.mongo.database = into.clone();
+                config.kafka.group_id = format!("{}-backfill-{into}", config.kafka.group_id);
+                config.validate_again()?;
+            }
+            // Dimensions (and so surrogate keys) start from the live ones, so a swapped-in
+            // backfill keeps the live numbering.
+            let dims_from = args.into.as_ref().map(|_| live.clone());
+            let plan = Plan { start, as_of, service: false, rate: args.rate, dims_from };
+            let s = consume(&config, plan).await?;
             println!(
                 "replayed {} messages: {} applied, {} duplicates, {} dead-lettered; wrote {} documents; as_of {}",
                 s.consumed,
@@ -162,6 +188,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 s.documents_written,
                 s.as_of.map_or("-".into(), |t| t.to_rfc3339())
             );
+            if args.swap {
+                let shadow = MongoSink::connect(&config.mongo).await?;
+                let moved = shadow.promote_into(&live).await?;
+                println!(
+                    "swapped {} collections from {} into {live}: {}",
+                    moved.len(),
+                    config.mongo.database,
+                    moved.join(", ")
+                );
+            }
             Ok(())
         }
     }
@@ -175,8 +211,21 @@ fn as_of_policy(args: &ClockArgs, default: Clock) -> AsOf {
     }
 }
 
+/// How a consumption runs.
+struct Plan {
+    start: StartAt,
+    as_of: AsOf,
+    /// `run`: follow forever, serve HTTP, snapshots. Otherwise `replay`: to the end.
+    service: bool,
+    rate: Option<u32>,
+    /// A backfill: copy this (live) database's dimensions into the one written, first.
+    dims_from: Option<String>,
+}
+
 /// Starts every adapter, then consumes: to the end of the topic (`replay`) or until a signal.
-async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, serve_http: bool) -> Result<Summary> {
+async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
+    let Plan { start, as_of, service, rate, dims_from } = plan;
+    let (to_end, serve_http) = (!service, service);
     let metrics = Metrics::new();
     let health = Arc::new(Health::new(config.service.ready_max_lag));
     let shutdown = CancellationToken::new();
@@ -191,6 +240,10 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
     }
     let source = Source::connect(k, topics)?;
     let sink = MongoSink::connect(&config.mongo).await?;
+    if let Some(live) = &dims_from {
+        let n = sink.copy_dimensions_from(live).await?;
+        info!(from = %live, into = %config.mongo.database, collections = n, "dimensions copied for the backfill");
+    }
     sink.prepare().await?;
     health.set_mongo_ok(true);
     let dlq = DeadLetters::new(&config.kafka)?;
@@ -257,6 +310,7 @@ async fn consume(config: &Config, start: StartAt, to_end: bool, as_of: AsOf, ser
             max: Duration::from_millis(config.service.retry_max_ms),
         },
         max_pending_facts: config.service.max_pending_facts,
+        max_rate: rate,
     };
     let keys = sink.preload_keys(engine.warehouse_mut()).await?;
     info!(keys, "surrogate keys loaded from the warehouse");

@@ -220,6 +220,11 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks again after a command changed the configuration (e.g. `replay --into`).
+    pub fn validate_again(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
         if self.kafka.brokers.trim().is_empty() {

@@ -115,6 +115,8 @@ pub struct Cadence {
     pub backoff: Backoff,
     /// Consumption pauses while more facts than this wait for MongoDB.
     pub max_pending_facts: usize,
+    /// Messages per second at most (a gentle backfill); `None`: as fast as it goes.
+    pub max_rate: Option<u32>,
 }
 
 /// Everything the loop mutates, apart from the consumer that lends out messages.
@@ -365,6 +367,8 @@ impl Pipeline {
         let mut tick = tokio::time::interval(worker.cadence.flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_progress = (Instant::now(), 0);
+        let started = Instant::now();
+        let progress = Progress::new(&until, &worker.positions);
 
         while !worker.caught_up(&until) {
             tokio::select! {
@@ -379,16 +383,26 @@ impl Pipeline {
                     worker.update_gauges();
                     worker.update_lag(&source);
                     source.commit_for_monitoring(&worker.positions);
+                    progress.show(worker.summary.consumed);
                     if last_progress.0.elapsed() >= Duration::from_secs(5) && last_progress.1 != worker.summary.consumed {
                         last_progress = (Instant::now(), worker.summary.consumed);
-                        info!(consumed = worker.summary.consumed, applied = worker.summary.applied, dead_lettered = worker.summary.dead_lettered, "progress");
+                        progress.log(&worker.summary, started.elapsed());
                     }
                 }
                 msg = source.consumer.recv(), if !worker.backlogged() => match msg {
-                    Ok(m) => match source.topic_index(m.topic()) {
-                        Some(topic) => worker.handle(&m, topic).await,
-                        None => warn!(topic = m.topic(), "message from an unassigned topic ignored"),
-                    },
+                    Ok(m) => {
+                        match source.topic_index(m.topic()) {
+                            Some(topic) => worker.handle(&m, topic).await,
+                            None => warn!(topic = m.topic(), "message from an unassigned topic ignored"),
+                        }
+                        if let Some(rate) = worker.cadence.max_rate {
+                            // Ahead of the allowed pace: wait it out (in steps of at least 10 ms).
+                            let ahead = worker.summary.consumed as f64 / f64::from(rate) - started.elapsed().as_secs_f64();
+                            if ahead > 0.01 {
+                                tokio::time::sleep(Duration::from_secs_f64(ahead)).await;
+                            }
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "consumer error; librdkafka retries");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -408,6 +422,7 @@ impl Pipeline {
             }
         }
         drop(tx);
+        progress.finish(worker.summary.consumed);
         worker.summary.documents_written = sink_task.await.unwrap_or(0);
         if let Some(checkpoints) = worker.checkpoints.as_mut() {
             checkpoints.finish(&worker.engine, &worker.positions).await;
@@ -416,6 +431,70 @@ impl Pipeline {
         source.commit_for_monitoring(&worker.positions);
         worker.summary.positions = worker.positions.clone();
         worker.summary
+    }
+}
+
+/// How far a replay is: a bar with ETA on a terminal, progress lines in the log otherwise.
+struct Progress {
+    total: Option<u64>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(until: &Until, start: &BTreeMap<TopicPartition, i64>) -> Self {
+        let total = match until {
+            Until::Forever => None,
+            Until::Offsets(end) => {
+                Some(end.iter().map(|(tp, e)| (e - start.get(tp).copied().unwrap_or(0)).max(0) as u64).sum())
+            }
+        };
+        let bar = total.filter(|_| std::io::IsTerminal::is_terminal(&std::io::stderr())).map(|n| {
+            let bar = indicatif::ProgressBar::new(n);
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} replay [{elapsed_precise}] {wide_bar} {pos}/{len} messages, {per_sec}, ETA {eta}",
+            )
+            .expect("valid template");
+            bar.set_style(style);
+            bar
+        });
+        Progress { total, bar }
+    }
+
+    fn show(&self, consumed: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(consumed);
+        }
+    }
+
+    fn log(&self, s: &Summary, elapsed: Duration) {
+        if self.bar.is_some() {
+            return;
+        }
+        match self.total {
+            Some(total) if total > 0 => {
+                let rate = s.consumed as f64 / elapsed.as_secs_f64().max(0.001);
+                let eta_s = (total.saturating_sub(s.consumed) as f64 / rate.max(1.0)).round() as u64;
+                let percent = (100.0 * s.consumed as f64 / total as f64).min(100.0);
+                info!(
+                    consumed = s.consumed,
+                    total,
+                    percent = format!("{percent:.1}"),
+                    per_second = rate.round() as u64,
+                    eta_s,
+                    applied = s.applied,
+                    dead_lettered = s.dead_lettered,
+                    "replay progress"
+                );
+            }
+            _ => info!(consumed = s.consumed, applied = s.applied, dead_lettered = s.dead_lettered, "progress"),
+        }
+    }
+
+    fn finish(&self, consumed: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(consumed);
+            bar.finish();
+        }
     }
 }
 

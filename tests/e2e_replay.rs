@@ -139,3 +139,54 @@ async fn replay_from_an_offset_or_a_time_reads_only_the_rest() {
     let out = s.martstream(&["replay", "--from-timestamp", &cut.to_rfc3339()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replayed {later} messages")), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_into_a_shadow_database_then_swap_never_shows_a_partial_view() {
+    let s = Scenario::new("e2e_swap");
+    s.create_topics();
+    let messages = stream(13, 6000);
+    let (first, _) = messages.split_at(3000);
+    s.produce(first).await;
+    s.martstream(&["replay", "--clock", "event"]);
+    let before_events = recompute::applied(first);
+    let before = recompute::rfm(&before_events, recompute::event_clock(&before_events), false);
+    recompute::rfm_diff(&s.collection("customer_rfm_analysis").await, &before, None).unwrap();
+
+    s.produce(&messages[3000..]).await;
+    let all_events = recompute::applied(&messages);
+    let as_of = recompute::event_clock(&all_events);
+    let after = recompute::rfm(&all_events, as_of, false);
+    let shadow = format!("{}_shadow", s.database);
+    // Rate-limited, so the backfill lasts a few seconds while the live view is watched.
+    let mut child = s
+        .command(&["replay", "--clock", "event", "--into", &shadow, "--swap", "--rate", "2500"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut polls = 0;
+    let live_rfm =
+        common::mongo().await.database(&s.database).collection::<mongodb::bson::Document>("customer_rfm_analysis");
+    while child.try_wait().unwrap().is_none() {
+        // A cursor open across the swap is killed ("collection dropped"): the reader gets an
+        // error and reads again, never a partial collection.
+        use futures::TryStreamExt;
+        let read = async { live_rfm.find(mongodb::bson::doc! {}).await?.try_collect::<Vec<_>>().await };
+        let Ok(live) = read.await else { continue };
+        let old = recompute::rfm_diff(&live, &before, None);
+        let new = recompute::rfm_diff(&live, &after, None);
+        assert!(old.is_ok() || new.is_ok(), "the live view is neither the old nor the new one: {old:?} / {new:?}");
+        polls += 1;
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "--rate 2500 paces 6000 messages");
+    assert!(polls >= 5, "the live view was watched during the backfill ({polls} reads)");
+    assert!(stdout.contains(&format!("swapped 11 collections from {shadow} into {}", s.database)), "{stdout}");
+
+    let db = common::mongo().await.database(&s.database);
+    recompute::check_every_view(&db, &messages, &[], as_of, true).await.unwrap();
+    let left = common::mongo().await.database(&shadow).list_collection_names().await.unwrap();
+    assert!(left.is_empty(), "the shadow database is emptied by the swap: {left:?}");
+}

@@ -27,6 +27,22 @@ pub const DIM_DATE: &str = "dim_date";
 pub const DIM_TIME: &str = "dim_time";
 pub const FACT_CUSTOMER_SESSIONS: &str = "fact_customer_sessions";
 
+/// Every collection martstream writes (what a backfill's `--swap` promotes).
+pub const ALL_COLLECTIONS: [&str; 12] = [
+    CUSTOMER_RFM,
+    PRODUCT_PERFORMANCE,
+    SALES_TRENDS,
+    FACT_SALES,
+    FACT_RETURNS,
+    DIM_PRODUCT,
+    DIM_CUSTOMER,
+    DIM_LOCATION,
+    DIM_DATE,
+    DIM_TIME,
+    FACT_CUSTOMER_SESSIONS,
+    "reconciliation_reports",
+];
+
 /// An index of the batch design: collection, name, keys (field, direction), unique.
 pub struct IndexSpec {
     pub collection: &'static str,

@@ -202,6 +202,57 @@ impl MongoSink {
         self.write_command(collection, "delete", "deletes", statements).await
     }
 
+    /// Copies the dimension collections of `live` into this (shadow) database, so a backfill
+    /// keeps the live surrogate keys and its facts resolve after a swap.
+    pub async fn copy_dimensions_from(&self, live: &str) -> Result<usize, SinkError> {
+        let shadow = self.db.name().to_owned();
+        let source = self.db.client().database(live);
+        let existing = source.list_collection_names().await.map_err(|e| SinkError::Read {
+            collection: format!("{live}.*"),
+            reason: first_line(&e),
+        })?;
+        let mut copied = 0;
+        for collection in [DIM_PRODUCT, DIM_CUSTOMER, DIM_LOCATION, DIM_DATE] {
+            if !existing.iter().any(|c| c == collection) {
+                continue;
+            }
+            let out = doc! { "$out": { "db": &shadow, "coll": collection } };
+            source.collection::<Document>(collection).aggregate([out]).await.map_err(|e| SinkError::Write {
+                collection: format!("{shadow}.{collection}"),
+                reason: format!("copying from {live}: {}", first_line(&e)),
+            })?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
+    /// Promotes this (shadow) database's collections into `live`, each by one
+    /// `renameCollection` with `dropTarget`: readers of a live collection see either the old
+    /// one or the complete new one, never a half-built state. Returns the collections moved.
+    pub async fn promote_into(&self, live: &str) -> Result<Vec<String>, SinkError> {
+        let shadow = self.db.name().to_owned();
+        let existing = self
+            .db
+            .list_collection_names()
+            .await
+            .map_err(|e| SinkError::Write { collection: shadow.clone(), reason: first_line(&e) })?;
+        let admin = self.db.client().database("admin");
+        let mut moved = Vec::new();
+        for collection in documents::ALL_COLLECTIONS.iter().filter(|c| existing.iter().any(|e| e == *c)) {
+            let command = doc! {
+                "renameCollection": format!("{shadow}.{collection}"),
+                "to": format!("{live}.{collection}"),
+                "dropTarget": true,
+            };
+            admin.run_command(command).await.map_err(|e| SinkError::Write {
+                collection: format!("{live}.{collection}"),
+                reason: format!("renameCollection from {shadow}: {}", first_line(&e)),
+            })?;
+            moved.push((*collection).to_owned());
+        }
+        Ok(moved)
+    }
+
     /// Replaces (or inserts) each document by `_id`.
     pub async fn upsert(&self, collection: &str, docs: Vec<(Bson, Document)>) -> Result<usize, SinkError> {
         let statements =
