@@ -207,10 +207,10 @@ impl MongoSink {
     pub async fn copy_dimensions_from(&self, live: &str) -> Result<usize, SinkError> {
         let shadow = self.db.name().to_owned();
         let source = self.db.client().database(live);
-        let existing = source.list_collection_names().await.map_err(|e| SinkError::Read {
-            collection: format!("{live}.*"),
-            reason: first_line(&e),
-        })?;
+        let existing = source
+            .list_collection_names()
+            .await
+            .map_err(|e| SinkError::Read { collection: format!("{live}.*"), reason: first_line(&e) })?;
         let mut copied = 0;
         for collection in [DIM_PRODUCT, DIM_CUSTOMER, DIM_LOCATION, DIM_DATE] {
             if !existing.iter().any(|c| c == collection) {
