@@ -8,6 +8,9 @@
 //!   rebuilding the same state by re-applying the already-decoded events (what a start
 //!   without snapshots costs at the very least: no Kafka, no JSON).
 //!
+//! Also the engine's memory: resident memory grown while building the state, per customer
+//! (an upper bound: it includes what the allocator kept of the facts already flushed).
+//!
 //! Run: `cargo bench --bench restore [-- 100000 1000000 5000000]`. Prints a Markdown table.
 
 use std::time::Instant;
@@ -90,13 +93,15 @@ fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![100_000, 1_000_000, 5_000_000] } else { sizes };
     let dir = tempfile::tempdir().unwrap();
-    println!("| customers | events | snapshot size | bytes/customer | snapshot (encode+fsync) | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| customers | events | snapshot size | snapshot bytes/customer | snapshot (encode+fsync) | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up | engine RSS bytes/customer |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for customers in sizes {
         let events = events(customers);
+        let rss_before = rss_mib();
         let t = Instant::now();
         let engine = build(&events);
         let rebuild = secs(t);
+        let engine_rss = (rss_mib() - rss_before).max(0.0) * 1048576.0;
         let store = SnapshotStore::new(dir.path().join(customers.to_string()), 2);
         let meta = SnapshotMeta {
             taken_at_ms: 0,
@@ -121,11 +126,12 @@ fn main() {
         let restored = found.unwrap().1.engine;
         assert_eq!(restored.rfm().customer_count(), customers);
         println!(
-            "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× |",
+            "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× | {:.0} |",
             events.len(),
             size as f64 / 1048576.0,
             size as f64 / customers as f64,
-            rebuild / restore
+            rebuild / restore,
+            engine_rss / customers as f64
         );
         eprintln!("({customers} customers: peak RSS so far {:.0} MiB)", rss_mib());
     }

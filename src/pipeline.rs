@@ -21,7 +21,7 @@ use crate::checkpoint::Checkpointer;
 use crate::domain::session::decode_session;
 use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection, ViewChanges};
 use crate::health::Health;
-use crate::kafka::dlq::{DeadLetters, SourcePosition};
+use crate::kafka::dlq::{DeadLetters, SourcePosition, Undelivered};
 use crate::kafka::source::{Source, TopicPartition};
 use crate::query::{self, Mirror};
 use crate::sink::mongo::MongoSink;
@@ -52,6 +52,9 @@ pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
 }
+
+/// Dead letters handed to the producer but not confirmed, at most (then the worker waits).
+const MAX_PENDING_DEAD_LETTERS: usize = 10_000;
 
 /// The engine's lane of a partition (a topic with more than 65536 partitions would have
 /// some share a lane, and so a dedup horizon).
@@ -187,6 +190,9 @@ impl Worker {
         let Some(checkpoints) = self.checkpoints.as_mut() else { return };
         checkpoints.poll().await;
         if self.sent == acked.load(Ordering::Acquire) && checkpoints.due(&self.positions) {
+            // No position past a dead letter the broker has not confirmed.
+            self.settle_dead_letters().await;
+            let checkpoints = self.checkpoints.as_mut().expect("checked above");
             checkpoints.start(&self.engine, &self.positions);
         }
     }
@@ -261,8 +267,8 @@ impl Worker {
         self.positions.insert((topic, m.partition()), m.offset() + 1);
     }
 
-    /// Sends to the DLQ, retrying with backoff until the broker takes it: the partition
-    /// waits rather than losing the message.
+    /// Hands a message to the DLQ producer (pipelined: the delivery is confirmed later, and
+    /// always before a snapshot records a position past it).
     async fn dead_letter(
         &mut self,
         dlq_topic: &str,
@@ -271,16 +277,13 @@ impl Worker {
         rejection: &Rejection,
         from: &SourcePosition<'_>,
     ) {
-        let mut delay = self.cadence.backoff.initial;
-        loop {
-            match self.dlq.send(dlq_topic, key, payload, rejection, from).await {
-                Ok(()) => break,
-                Err(e) => {
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.cadence.backoff.max);
-                }
-            }
+        while let Err(e) = self.dlq.enqueue(dlq_topic, key, payload, rejection, from) {
+            warn!(error = %e, "dead-letter producer refused the message; waiting for outstanding deliveries");
+            self.settle_dead_letters().await;
+            tokio::time::sleep(self.cadence.backoff.initial).await;
+        }
+        if self.dlq.pending() >= MAX_PENDING_DEAD_LETTERS {
+            self.settle_dead_letters().await;
         }
         self.summary.dead_lettered += 1;
         self.metrics.events_dlq.with_label_values(&[rejection.reason.as_str()]).inc();
@@ -291,6 +294,41 @@ impl Worker {
             offset = from.offset,
             "event dead-lettered"
         );
+    }
+
+    /// Waits until the broker confirmed every dead letter handed to the producer, sending
+    /// any that failed for good again (with backoff) until it takes them.
+    async fn settle_dead_letters(&mut self) {
+        let mut delay = self.cadence.backoff.initial;
+        loop {
+            let failed = self.dlq.settle().await;
+            if failed.is_empty() {
+                return;
+            }
+            self.resend_dead_letters(&failed, delay).await;
+            delay = (delay * 2).min(self.cadence.backoff.max);
+        }
+    }
+
+    async fn resend_dead_letters(&mut self, failed: &[Undelivered], delay: Duration) {
+        for u in failed {
+            warn!(error = %u.error, retry_in_ms = delay.as_millis() as u64, "dead letter not delivered; sending it again");
+        }
+        tokio::time::sleep(delay).await;
+        for u in failed {
+            while let Err(e) = self.dlq.resend(u) {
+                warn!(error = %e, "dead-letter producer refused a resend; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Confirms finished deliveries without waiting; failed ones are sent again.
+    async fn reap_dead_letters(&mut self) {
+        let failed = self.dlq.reap();
+        if !failed.is_empty() {
+            self.resend_dead_letters(&failed, self.cadence.backoff.initial).await;
+        }
     }
 
     /// Hands the changed documents to the sink if it is free; otherwise they keep coalescing.
@@ -378,6 +416,7 @@ impl Pipeline {
                     let _ = reply.send(worker.mirror.answer(&worker.engine, &q));
                 }
                 _ = tick.tick() => {
+                    worker.reap_dead_letters().await;
                     worker.checkpoint(&acked).await;
                     worker.try_flush(&tx);
                     worker.update_gauges();
@@ -411,6 +450,7 @@ impl Pipeline {
             }
         }
 
+        worker.settle_dead_letters().await;
         // The last flush: waits for room, then for the sink to drain.
         if let Some(as_of) = worker.cadence.as_of.at(&worker.engine) {
             let changes = worker.engine.flush(as_of, final_full || worker.complete_next);

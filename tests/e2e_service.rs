@@ -130,8 +130,12 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
         assert!(text.lines().any(|l| l.starts_with(series)), "{series} missing from /metrics:\n{text}");
     }
 
-    // The query API answers what the MongoDB views hold (nothing is in flight now).
-    check_query_api(&base, &s).await;
+    // The query API answers what the MongoDB views hold, once the last flush landed (the
+    // collections of one flush are written one after the other).
+    let api_equals_views = || async { check_query_api(&base, &s).await.is_ok() };
+    if !eventually(Duration::from_secs(15), api_equals_views).await {
+        panic!("the query API differs from MongoDB: {}", check_query_api(&base, &s).await.unwrap_err());
+    }
 
     // SIGTERM: a last flush, then a clean exit.
     let pid = service.0.id() as i32;
@@ -181,9 +185,29 @@ fn check_exposition_format(text: &str) {
     }
 }
 
+/// `assert_eq!` / `assert!` that return the failure instead, so a check can be retried.
+macro_rules! check_eq {
+    ($a:expr, $b:expr $(, $($msg:tt)+)?) => {{
+        let (a, b) = (&$a, &$b);
+        if a != b {
+            let why = String::new() $(+ &format!($($msg)+))?;
+            return Err(format!("{:?} != {:?} {why}", a, b));
+        }
+    }};
+}
+
+macro_rules! check {
+    ($cond:expr $(, $($msg:tt)+)?) => {
+        if !$cond {
+            let why = String::new() $(+ &format!($($msg)+))?;
+            return Err(format!("{} {why}", stringify!($cond)));
+        }
+    };
+}
+
 /// The API against the MongoDB documents: customers, segments, top products, trends, and
 /// the 400/404 answers.
-async fn check_query_api(base: &str, s: &Scenario) {
+async fn check_query_api(base: &str, s: &Scenario) -> Result<(), String> {
     use serde_json::Value;
     let json = |body: &str| serde_json::from_str::<Value>(body).unwrap();
     // MongoDB's documents as the API writes them: plain JSON, no _id or updated_at.
@@ -192,18 +216,18 @@ async fn check_query_api(base: &str, s: &Scenario) {
     for d in rfm.iter().step_by(37) {
         let id = d.get_str("customer_id").unwrap();
         let (code, body) = get(&format!("{base}/v1/customers/{id}")).await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        assert_eq!(json(&body), strip(d.clone()), "customer {id}");
+        check_eq!(code, 200, "{body}");
+        check_eq!(json(&body), strip(d.clone()), "customer {id}");
     }
     let mut segments = std::collections::BTreeMap::<String, u64>::new();
     for d in &rfm {
         *segments.entry(d.get_str("rfm_segment").unwrap().to_owned()).or_default() += 1;
     }
     let (code, body) = get(&format!("{base}/v1/segments")).await.unwrap();
-    assert_eq!(code, 200);
+    check_eq!(code, 200);
     let mut got = json(&body);
     got["segments"].as_object_mut().unwrap().retain(|_, n| *n != 0);
-    assert_eq!(got, serde_json::json!({ "customers": rfm.len(), "segments": segments }));
+    check_eq!(got, serde_json::json!({ "customers": rfm.len(), "segments": segments }));
 
     let products = s.collection("product_performance").await;
     let category = products[0].get_str("category").unwrap().to_owned();
@@ -213,16 +237,16 @@ async fn check_query_api(base: &str, s: &Scenario) {
     });
     let (code, body) =
         get(&format!("{base}/v1/products/top?category={}&n=3", category.replace(' ', "%20"))).await.unwrap();
-    assert_eq!(code, 200, "{body}");
+    check_eq!(code, 200, "{body}");
     let want: Vec<Value> = in_category.into_iter().take(3).map(strip).collect();
-    assert_eq!(json(&body)["products"], Value::Array(want));
+    check_eq!(json(&body)["products"], Value::Array(want));
 
     let trends = s.collection("sales_trends").await;
     let mut monthly: Vec<_> = trends.into_iter().filter(|d| d.get_str("trend_type") == Ok("monthly")).collect();
     monthly.sort_by_key(|d| d.get_str("date").unwrap().to_owned());
     let (code, body) = get(&format!("{base}/v1/trends/monthly")).await.unwrap();
-    assert_eq!(code, 200);
-    assert_eq!(json(&body)["periods"], Value::Array(monthly.into_iter().map(strip).collect()));
+    check_eq!(code, 200);
+    check_eq!(json(&body)["periods"], Value::Array(monthly.into_iter().map(strip).collect()));
 
     for (path, code) in [
         ("/v1/customers/NOBODY", 404),
@@ -232,12 +256,13 @@ async fn check_query_api(base: &str, s: &Scenario) {
         ("/v1/products/top?category=NoSuchCategory", 404),
     ] {
         let (got, body) = get(&format!("{base}{path}")).await.unwrap();
-        assert_eq!(got, code, "{path}: {body}");
-        assert!(json(&body)["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
+        check_eq!(got, code, "{path}: {body}");
+        check!(json(&body)["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
     }
     let (code, body) = get(&format!("{base}/v1/openapi.json")).await.unwrap();
-    assert_eq!(code, 200);
-    assert_eq!(json(&body)["openapi"], "3.0.3");
+    check_eq!(code, 200);
+    check_eq!(json(&body)["openapi"], "3.0.3");
+    Ok(())
 }
 
 fn unsafe_kill(pid: i32, signal: i32) -> i32 {

@@ -47,6 +47,10 @@ struct Args {
     /// Messages per second (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Stamp each message with the wall clock at send time (not the generated producer time),
+    /// for measuring end-to-end latency against a live stream.
+    #[arg(long)]
+    live: bool,
     /// Stop after this many seconds, whatever --events says.
     #[arg(long)]
     duration: Option<u64>,
@@ -153,8 +157,9 @@ fn run(args: Args) -> Result<()> {
                 break;
             }
             pace(sent);
+            let stamp = if args.live { Utc::now() } else { m.timestamp };
             let mut record =
-                BaseRecord::to(&args.topic).key(&m.key).payload(&m.payload).timestamp(m.timestamp.timestamp_millis());
+                BaseRecord::to(&args.topic).key(&m.key).payload(&m.payload).timestamp(stamp.timestamp_millis());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
