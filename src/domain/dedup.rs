@@ -12,8 +12,6 @@
 //! Each entry is 32 bytes: a 128-bit hash of the id (collisions are ~1e-20 likely at 100M
 //! ids), the fingerprint of the JSON, the event date, the lane and the kind.
 
-use std::collections::HashMap;
-
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::event::EventKind;
@@ -42,10 +40,10 @@ pub enum Arrival {
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DedupIndex {
-    seen: HashMap<u128, Seen>,
+    seen: super::FastMap<u128, Seen>,
     horizon_days: i32,
     /// Newest event date seen per lane.
-    lane_newest: HashMap<u16, i32>,
+    lane_newest: super::FastMap<u16, i32>,
     /// The newest event date over all lanes at the last sweep.
     swept_at: i32,
 }
@@ -57,9 +55,9 @@ fn key(transaction_id: &str) -> u128 {
 impl DedupIndex {
     pub fn new(horizon_days: u32) -> Self {
         DedupIndex {
-            seen: HashMap::new(),
+            seen: Default::default(),
             horizon_days: horizon_days as i32,
-            lane_newest: HashMap::new(),
+            lane_newest: Default::default(),
             swept_at: i32::MIN,
         }
     }

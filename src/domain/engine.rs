@@ -211,7 +211,7 @@ impl Engine {
             .iter()
             .filter_map(|d| {
                 Some(DimCustomer {
-                    customer_key: self.warehouse.customers.get(&d.customer_id.as_str().into())?,
+                    customer_key: self.warehouse.customers.get(d.customer_id.as_str())?,
                     customer_id: d.customer_id.clone(),
                     customer_segment: Some(d.rfm_segment.clone()),
                     lifetime_value_cents: d.monetary_cents,

@@ -33,5 +33,11 @@ pub mod trends;
 pub mod warehouse;
 
 pub use decode::{decode, Decoded, RejectReason, Rejection};
+
+/// The state's hash maps and sets: foldhash (fast, seeded per process) instead of the
+/// standard library's SipHash, which showed in the engine's profile.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+pub type FastIndexMap<K, V> = indexmap::IndexMap<K, V, foldhash::fast::RandomState>;
 pub use engine::{Engine, Outcome, ViewChanges, ViewConfig};
 pub use event::{EventKind, LineItem, Location, Transaction};

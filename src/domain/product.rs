@@ -15,7 +15,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::calendar::epoch_day;
@@ -91,11 +90,20 @@ pub struct ProductChanges {
 type Stamped = Option<((DateTime<Utc>, u64), String)>;
 
 fn take_latest(slot: &mut Stamped, stamp: (DateTime<Utc>, u64), value: &Option<String>) -> bool {
-    match value {
-        Some(v) if slot.as_ref().is_none_or(|(s, _)| stamp >= *s) => {
-            let changed = slot.as_ref().is_none_or(|(_, old)| old != v);
+    match (value, slot.as_mut()) {
+        (Some(v), Some((s, old))) if stamp >= *s => {
+            *s = stamp;
+            // The same value again (the usual case): no copy.
+            if old != v {
+                v.clone_into(old);
+                true
+            } else {
+                false
+            }
+        }
+        (Some(v), None) => {
             *slot = Some((stamp, v.clone()));
-            changed
+            true
         }
         _ => false,
     }
@@ -134,14 +142,14 @@ type RankKey = (Reverse<Cents>, Box<str>);
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProductState {
     config: ProductConfig,
-    products: IndexMap<Box<str>, Product>,
+    products: super::FastIndexMap<Box<str>, Product>,
     dirty: Vec<u32>,
     arrivals: u64,
     /// The first date of the window at the last flush: older buckets are not kept.
     floor: Option<i32>,
     last_as_of_day: Option<i32>,
     /// Products in the view per category, ordered by revenue descending then product id.
-    ranking: HashMap<String, BTreeSet<RankKey>>,
+    ranking: super::FastMap<String, BTreeSet<RankKey>>,
     /// Event lines dated before the window when they arrived.
     late_lines: u64,
 }
@@ -150,12 +158,12 @@ impl ProductState {
     pub fn new(config: ProductConfig) -> Self {
         ProductState {
             config,
-            products: IndexMap::new(),
+            products: Default::default(),
             dirty: Vec::new(),
             arrivals: 0,
             floor: None,
             last_as_of_day: None,
-            ranking: HashMap::new(),
+            ranking: Default::default(),
             late_lines: 0,
         }
     }
@@ -187,11 +195,13 @@ impl ProductState {
         let stamp = (tx.timestamp, self.arrivals);
         let day = epoch_day(tx.date());
         let in_window = self.floor.is_none_or(|f| day >= f);
-        let mut counted: Vec<&str> = Vec::new();
-        for line in &tx.items {
-            let entry = self.products.entry(line.product_id.as_str().into());
-            let idx = entry.index() as u32;
-            let p = entry.or_default();
+        for (i, line) in tx.items.iter().enumerate() {
+            let idx = match self.products.get_index_of(line.product_id.as_str()) {
+                Some(idx) => idx,
+                None => self.products.insert_full(line.product_id.as_str().into(), Product::default()).0,
+            };
+            let p = &mut self.products[idx];
+            let idx = idx as u32;
             let mut changed = take_latest(&mut p.name, stamp, &line.product_name);
             changed |= take_latest(&mut p.category, stamp, &line.category);
             let described = take_latest(&mut p.subcategory, stamp, &line.subcategory);
@@ -205,9 +215,9 @@ impl ProductState {
                         b.units += line.quantity;
                         b.revenue += line.amount_cents();
                         b.purchase_lines += 1;
-                        if !counted.contains(&line.product_id.as_str()) {
+                        // One order per purchase, however many lines name the product.
+                        if !tx.items[..i].iter().any(|l| l.product_id == line.product_id) {
                             b.orders += 1;
-                            counted.push(&line.product_id);
                         }
                     }
                     EventKind::Refund => {

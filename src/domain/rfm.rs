@@ -15,7 +15,6 @@
 //! date of `as_of` so that recency is never negative.
 
 use chrono::{DateTime, Utc};
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::calendar::epoch_day;
@@ -209,7 +208,7 @@ struct FlushMark {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RfmState {
     config: RfmConfig,
-    customers: IndexMap<Box<str>, Customer>,
+    customers: super::FastIndexMap<Box<str>, Customer>,
     dirty: Vec<u32>,
     ranks: Option<RankIndexes>,
     last_flush: Option<FlushMark>,
@@ -218,7 +217,7 @@ pub struct RfmState {
 impl RfmState {
     pub fn new(config: RfmConfig) -> Self {
         let ranks = (config.scoring == Scoring::Quintile).then(RankIndexes::default);
-        RfmState { config, customers: IndexMap::new(), dirty: Vec::new(), ranks, last_flush: None }
+        RfmState { config, customers: Default::default(), dirty: Vec::new(), ranks, last_flush: None }
     }
 
     pub fn config(&self) -> &RfmConfig {
@@ -278,17 +277,24 @@ impl RfmState {
 
     /// Applies one valid, first-seen event: O(1).
     pub fn apply(&mut self, tx: &Transaction) {
-        let entry = self.customers.entry(tx.user_id.as_str().into());
-        let idx = entry.index() as u32;
-        let c = entry.or_insert_with(|| Customer {
-            frequency: 0,
-            monetary: 0,
-            first_purchase_at: tx.timestamp,
-            last_purchase_at: tx.timestamp,
-            ranked: None,
-            emitted: [0; 3],
-            dirty: false,
-        });
+        // Looked up by &str first: the owned key is made only for a new customer.
+        let idx = match self.customers.get_index_of(tx.user_id.as_str()) {
+            Some(i) => i,
+            None => {
+                let new = Customer {
+                    frequency: 0,
+                    monetary: 0,
+                    first_purchase_at: tx.timestamp,
+                    last_purchase_at: tx.timestamp,
+                    ranked: None,
+                    emitted: [0; 3],
+                    dirty: false,
+                };
+                self.customers.insert_full(tx.user_id.as_str().into(), new).0
+            }
+        };
+        let c = &mut self.customers[idx];
+        let idx = idx as u32;
         match tx.kind {
             EventKind::Purchase => {
                 if c.frequency == 0 {

@@ -7,7 +7,9 @@
 //! the flush after their event, and written idempotently by `sale_id`; between flushes they
 //! wait in memory (the pipeline stops consuming when too many wait, e.g. during an outage).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::hash::Hash;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -20,29 +22,38 @@ use super::money::Cents;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(bound(deserialize = "K: Eq + Hash + serde::Deserialize<'de>"))]
 pub struct KeyRegistry<K> {
-    keys: HashMap<K, i32>,
+    keys: super::FastMap<K, i32>,
     next: i32,
 }
 
 impl<K: Eq + Hash + Clone> Default for KeyRegistry<K> {
     fn default() -> Self {
-        KeyRegistry { keys: HashMap::new(), next: 1 }
+        KeyRegistry { keys: Default::default(), next: 1 }
     }
 }
 
 impl<K: Eq + Hash + Clone> KeyRegistry<K> {
-    /// The key of `k`, and whether it was handed out just now.
-    pub fn key(&mut self, k: &K) -> (i32, bool) {
+    /// The key of `k`, and whether it was handed out just now. Looked up by reference: the
+    /// owned key is made only for a new member.
+    pub fn key<Q>(&mut self, k: &Q) -> (i32, bool)
+    where
+        K: Borrow<Q> + for<'a> From<&'a Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if let Some(&key) = self.keys.get(k) {
             return (key, false);
         }
         let key = self.next;
         self.next += 1;
-        self.keys.insert(k.clone(), key);
+        self.keys.insert(K::from(k), key);
         (key, true)
     }
 
-    pub fn get(&self, k: &K) -> Option<i32> {
+    pub fn get<Q>(&self, k: &Q) -> Option<i32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.keys.get(k).copied()
     }
 
@@ -61,11 +72,28 @@ impl<K: Eq + Hash + Clone> KeyRegistry<K> {
     }
 }
 
-/// A location's natural key.
-pub type LocationKey = (String, Option<String>, Option<String>);
+/// A location's natural key: country, region and city in one string (absent parts marked
+/// apart from empty ones), so it is looked up without allocating.
+pub type LocationKey = Box<str>;
+
+/// Writes the natural key of a location into `out` (cleared first).
+pub fn write_location_key(l: &Location, out: &mut String) {
+    out.clear();
+    out.push_str(&l.country);
+    for part in [&l.region, &l.city] {
+        match part {
+            None => out.push_str("\u{1f}-"),
+            Some(p) => {
+                let _ = write!(out, "\u{1f}+{p}");
+            }
+        }
+    }
+}
 
 pub fn location_natural_key(l: &Location) -> LocationKey {
-    (l.country.clone(), l.region.clone(), l.city.clone())
+    let mut key = String::new();
+    write_location_key(l, &mut key);
+    key.into()
 }
 
 /// One row of `fact_sales` or `fact_returns` (money in cents).
@@ -105,13 +133,16 @@ pub struct Warehouse {
     pub products: KeyRegistry<Box<str>>,
     pub customers: KeyRegistry<Box<str>>,
     pub locations: KeyRegistry<LocationKey>,
-    dates: HashSet<i32>,
+    dates: super::FastSet<i32>,
     pending_facts: Vec<Fact>,
     pending_sessions: Vec<super::session::SessionFact>,
     changed_products: BTreeMap<i32, String>,
     new_customers: Vec<(i32, String)>,
     new_locations: Vec<(i32, Location)>,
     new_dates: Vec<NaiveDate>,
+    /// Reused for building location keys.
+    #[serde(skip)]
+    scratch: String,
 }
 
 impl Warehouse {
@@ -122,7 +153,7 @@ impl Warehouse {
 
     /// A browsing session becomes a `fact_customer_sessions` row.
     pub fn apply_session(&mut self, session: &super::session::Session) {
-        let (customer_key, new) = self.customers.key(&session.user_id.as_str().into());
+        let (customer_key, new) = self.customers.key(session.user_id.as_str());
         if new {
             self.new_customers.push((customer_key, session.user_id.clone()));
         }
@@ -144,20 +175,21 @@ impl Warehouse {
 
     /// Marks a product's dimension row for rewriting (its attributes changed).
     pub fn product_changed(&mut self, product_id: &str) {
-        if let Some(key) = self.products.get(&product_id.into()) {
+        if let Some(key) = self.products.get(product_id) {
             self.changed_products.insert(key, product_id.to_owned());
         }
     }
 
     pub fn apply(&mut self, tx: &Transaction) {
-        let (customer_key, new) = self.customers.key(&tx.user_id.as_str().into());
+        let (customer_key, new) = self.customers.key(tx.user_id.as_str());
         if new {
             self.new_customers.push((customer_key, tx.user_id.clone()));
         }
         let location_key = match &tx.location {
             None => 0,
             Some(l) => {
-                let (key, new) = self.locations.key(&location_natural_key(l));
+                write_location_key(l, &mut self.scratch);
+                let (key, new) = self.locations.key(self.scratch.as_str());
                 if new {
                     self.new_locations.push((key, l.clone()));
                 }
@@ -169,7 +201,7 @@ impl Warehouse {
             self.new_dates.push(date);
         }
         for (i, line) in tx.items.iter().enumerate() {
-            let (product_key, new) = self.products.key(&line.product_id.as_str().into());
+            let (product_key, new) = self.products.key(line.product_id.as_str());
             if new {
                 self.changed_products.insert(product_key, line.product_id.clone());
             }
@@ -210,11 +242,11 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_continue_after_preloaded_ones() {
-        let mut r: KeyRegistry<String> = KeyRegistry::default();
+        let mut r: KeyRegistry<Box<str>> = KeyRegistry::default();
         r.preload("old".into(), 7);
-        assert_eq!(r.key(&"old".into()), (7, false));
-        assert_eq!(r.key(&"new".into()), (8, true));
-        assert_eq!(r.key(&"new".into()), (8, false));
+        assert_eq!(r.key("old"), (7, false));
+        assert_eq!(r.key("new"), (8, true));
+        assert_eq!(r.key("new"), (8, false));
         assert_eq!(r.len(), 2);
     }
 }
