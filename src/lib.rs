@@ -14,8 +14,12 @@
 //!   batch design's indexes.
 //! - [`pipeline`]: the loop that wires source → engine → sink, with flush cadence,
 //!   backpressure, retries and the last flush on shutdown.
-//! - [`health`], [`http`], [`telemetry`]: readiness flags, the /metrics /healthz /readyz
-//!   endpoints, the Prometheus metrics (all defined in one place) and logging.
+//! - [`snapshot`]: the snapshot file format (versioned, checksummed) and the directory store;
+//!   [`checkpoint`]: when the pipeline takes one, and the restore at start.
+//! - [`query`]: interactive queries answered from the running state (the /v1 API).
+//! - [`health`], [`http`], [`telemetry`]: readiness flags, the /metrics /healthz /readyz and
+//!   /v1 endpoints, the Prometheus metrics (all defined in one place), end-to-end latency
+//!   (hdrhistogram) and logging.
 //! - [`cli`]: the `martstream` command (`run`, `replay`, `topics create`, `check-config`);
 //!   `main.rs` only parses arguments and calls it.
 
