@@ -249,19 +249,7 @@ impl RfmState {
             }
             _ => self.config.bin_scores(recency, i64::from(c.frequency), c.monetary),
         };
-        Some(RfmDoc {
-            customer_id: id.to_owned(),
-            first_purchase_at: c.first_purchase_at,
-            last_purchase_at: c.last_purchase_at,
-            recency,
-            frequency: i64::from(c.frequency),
-            monetary_cents: c.monetary,
-            r_score: scores[0],
-            f_score: scores[1],
-            m_score: scores[2],
-            rfm_segment: self.config.segment(scores).to_owned(),
-            analysis_date: mark.as_of,
-        })
+        Some(document(&self.config, id, c, (recency, scores), mark.as_of))
     }
 
     /// Customers per segment, as of the last flush (what the view holds); every configured
@@ -356,19 +344,7 @@ impl RfmState {
                 continue;
             }
             c.emitted = scores;
-            docs.push(RfmDoc {
-                customer_id: id.to_string(),
-                first_purchase_at: c.first_purchase_at,
-                last_purchase_at: c.last_purchase_at,
-                recency,
-                frequency: i64::from(c.frequency),
-                monetary_cents: c.monetary,
-                r_score: scores[0],
-                f_score: scores[1],
-                m_score: scores[2],
-                rfm_segment: self.config.segment(scores).to_owned(),
-                analysis_date: as_of,
-            });
+            docs.push(document(&self.config, id, c, (recency, scores), as_of));
         }
         self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
         docs
@@ -402,6 +378,29 @@ impl RfmState {
             ranks.last_day.insert((now.last_day, idx));
             c.ranked = Some(now);
         }
+    }
+}
+
+/// A customer's view document with these recency and scores.
+fn document(
+    config: &RfmConfig,
+    id: &str,
+    c: &Customer,
+    (recency, scores): (i64, [u8; 3]),
+    as_of: DateTime<Utc>,
+) -> RfmDoc {
+    RfmDoc {
+        customer_id: id.to_owned(),
+        first_purchase_at: c.first_purchase_at,
+        last_purchase_at: c.last_purchase_at,
+        recency,
+        frequency: i64::from(c.frequency),
+        monetary_cents: c.monetary,
+        r_score: scores[0],
+        f_score: scores[1],
+        m_score: scores[2],
+        rfm_segment: config.segment(scores).to_owned(),
+        analysis_date: as_of,
     }
 }
 
