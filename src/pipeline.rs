@@ -365,6 +365,8 @@ impl Worker {
         self.metrics.dedup_entries.set(self.engine.dedup_len() as i64);
         if let Some(w) = self.engine.watermark() {
             self.metrics.event_time_watermark.set(w.timestamp());
+            let lag_ms = (Utc::now() - w).num_milliseconds();
+            self.metrics.event_time_lag.set(lag_ms as f64 / 1000.0);
         }
     }
 

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub dedup_entries: IntGauge,
     pub event_time_watermark: IntGauge,
     pub consumer_lag: IntGaugeVec,
+    pub event_time_lag: Gauge,
     pub snapshots: IntCounterVec,
     pub snapshot_duration: Gauge,
     pub snapshot_size: IntGauge,
@@ -117,6 +118,10 @@ impl Metrics {
                     &["topic", "partition"],
                 )
                 .unwrap(),
+            ),
+            event_time_lag: float_gauge(
+                "martstream_event_time_lag_seconds",
+                "Wall clock minus the largest event time applied: how far behind the events the state is.",
             ),
             snapshots: counter_vec(
                 "martstream_snapshots_total",
