@@ -11,8 +11,8 @@ from datetime import datetime
 
 started = time.perf_counter()
 from pyspark.sql import SparkSession  # noqa: E402
-from pyspark.sql.functions import (col, concat, count, datediff, lit, max, ntile, sum,  # noqa: E402
-                                   to_timestamp, udf)
+from pyspark.sql.functions import (col, concat, count, datediff, expr, lit, max, ntile, sum,  # noqa: E402
+                                   udf)
 from pyspark.sql.types import StringType  # noqa: E402
 from pyspark.sql.window import Window  # noqa: E402
 
@@ -24,7 +24,10 @@ boot = time.perf_counter() - started
 raw = spark.read.json(sys.argv[1])
 transactions = (raw.filter(col("event_type") == "purchase")
                 .dropDuplicates(["transaction_id"])
-                .select("user_id", to_timestamp("timestamp").alias("timestamp"), "total_amount"))
+                # The batch job read PostgreSQL, which holds valid rows only: drop what the
+                # stream's dead-letter queue would have taken (unparseable times, no user).
+                .select("user_id", expr("try_to_timestamp(timestamp)").alias("timestamp"), "total_amount")
+                .filter(col("timestamp").isNotNull() & col("user_id").isNotNull()))
 analysis_date = datetime.now()
 rfm = transactions.groupBy("user_id").agg(
     datediff(lit(analysis_date), max("timestamp")).alias("recency"),
