@@ -1,4 +1,4 @@
-//! The command line: `run`, `replay`, `topics create`, `check-config`. Parses arguments,
+//! The command line: `run`, `replay`, `reconcile`, `migrate`, `topics create`, `check-config`. Parses arguments,
 //! loads the configuration and starts the adapters; every failure at start is one line on
 //! stderr and a non-zero exit.
 
@@ -63,8 +63,28 @@ pub enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Reconcile the running service's state against PostgreSQL now (asks `run` at
+    /// service.http_listen), print the report; also written to reconciliation_reports.
+    Reconcile(ReconcileArgs),
+    /// Apply the operational schema (migrations/) to postgres.url.
+    Migrate,
     /// Validate the configuration and print it (secrets masked).
     CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// PostgreSQL wins: set the mismatched customers' and days' state from its rows and
+    /// rewrite their views.
+    #[arg(long)]
+    pub repair: bool,
+    /// Compare the events dated before this date (UTC midnight). Default: the date of the
+    /// newest event minus reconcile.settle_ms.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub cutoff: Option<chrono::NaiveDate>,
+    /// The running service's address (default: service.http_listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +170,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Migrate => {
+            let pg = crate::reconcile::postgres::Postgres::connect_lazy(&config.postgres)?;
+            pg.migrate().await?;
+            println!("schema up to date in {}", redact_uri(&config.postgres.url));
+            Ok(())
+        }
+        Command::Reconcile(args) => reconcile_now(&config, args).await,
         Command::Run(clock) => {
             let as_of = as_of_policy(clock, config.service.clock);
             let plan = Plan { start: StartAt::Beginning, as_of, service: true, rate: None, dims_from: None };
@@ -203,6 +230,38 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `martstream reconcile`: asks the running service, prints a summary and the report.
+async fn reconcile_now(config: &Config, args: &ReconcileArgs) -> Result<()> {
+    let addr = args.service.clone().unwrap_or_else(|| config.service.http_listen.clone());
+    anyhow::ensure!(!addr.is_empty(), "service.http_listen is empty: pass --service HOST:PORT of the running service");
+    let mut url = format!("http://{addr}/v1/reconcile?repair={}", args.repair);
+    if let Some(c) = args.cutoff {
+        url.push_str(&format!("&cutoff={c}"));
+    }
+    let answer =
+        tokio::task::spawn_blocking(move || match ureq::post(&url).timeout(Duration::from_secs(3600)).call() {
+            Ok(r) => r.into_json::<serde_json::Value>().map_err(anyhow::Error::from),
+            Err(ureq::Error::Status(code, r)) => {
+                let body: serde_json::Value = r.into_json().unwrap_or_default();
+                Err(anyhow::anyhow!("the service answered {code}: {}", body["error"].as_str().unwrap_or("?")))
+            }
+            Err(e) => Err(anyhow::anyhow!("cannot reach the service at {addr} (is `martstream run` up?): {e}")),
+        })
+        .await??;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    let outcome = answer["outcome"].as_str().unwrap_or("?");
+    eprintln!(
+        "reconciliation {outcome}: cutoff {}, {} customers and {} days checked, {} mismatches, {} changes",
+        answer["cutoff"].as_str().unwrap_or("-"),
+        answer["customers_checked"],
+        answer["days_checked"],
+        answer["mismatches_total"],
+        answer["changes_total"],
+    );
+    anyhow::ensure!(outcome != "failed", "reconciliation failed: {}", answer["error"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
 fn as_of_policy(args: &ClockArgs, default: Clock) -> AsOf {
     match (args.as_of, args.clock.unwrap_or(default)) {
         (Some(t), _) => AsOf::Fixed(t),
@@ -248,13 +307,29 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
     health.set_mongo_ok(true);
     let dlq = DeadLetters::new(&config.kafka)?;
     let mut queries = None;
+    let mut control = None;
+    let mut reconciler = None;
+    if service && config.reconcile.enabled {
+        let (tx, rx) = crate::reconcile::channel();
+        control = Some(rx);
+        let pg = crate::reconcile::postgres::Postgres::connect_lazy(&config.postgres)?;
+        let r = Arc::new(crate::reconcile::Reconciler::new(
+            pg,
+            sink.database(),
+            tx,
+            (metrics.clone(), health.clone()),
+            config.reconcile.clone(),
+        ));
+        tokio::spawn(crate::reconcile::schedule::run(r.clone(), shutdown.child_token()));
+        reconciler = Some(r);
+    }
     if serve_http && !config.service.http_listen.is_empty() {
         let (client, rx) = crate::query::channel();
         queries = Some(rx);
         let (addr, _) = crate::http::serve(
             &config.service.http_listen,
             (metrics.clone(), health.clone()),
-            client,
+            (client, reconciler),
             shutdown.child_token(),
         )
         .await?;
@@ -319,7 +394,7 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         worker = worker.with_checkpoints(c, restored);
     }
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
-    Ok(Pipeline { source, worker, queries }.run(sink, until, to_end, shutdown).await)
+    Ok(Pipeline { source, worker, queries, control }.run(sink, until, to_end, shutdown).await)
 }
 
 /// First SIGTERM/SIGINT: graceful (flush, then exit). Second: exit at once. The signal

@@ -29,6 +29,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub service: ServiceConfig,
     pub snapshot: SnapshotConfig,
+    pub reconcile: ReconcileConfig,
     pub views: ViewConfig,
     pub log: LogConfig,
 }
@@ -100,11 +101,66 @@ impl Default for MongoConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     pub url: String,
+    /// How long a reconciliation waits for a connection before the run counts as failed.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: "postgres://globalmart:globalmart123@127.0.0.1:55432/globalmart".into() }
+        PostgresConfig {
+            url: "postgres://globalmart:globalmart123@127.0.0.1:55432/globalmart".into(),
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The nightly reconciliation against PostgreSQL (`martstream run`; on demand with
+/// `martstream reconcile`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Run daily at `at` in `time_zone`.
+    pub enabled: bool,
+    /// Local time of day, "HH:MM".
+    pub at: String,
+    /// IANA time zone name of `at`, e.g. "Europe/Berlin".
+    pub time_zone: String,
+    /// The cut: events dated before midnight UTC of the date of (newest event − settle).
+    pub settle_ms: u64,
+    /// Closed days compared per day, ending the day before the cut (at most the daily
+    /// retention the state holds).
+    pub days: u32,
+    /// After a failed run, try again this much later (until the next scheduled run).
+    pub retry_after_ms: u64,
+    /// Mismatches shown in full in a report.
+    pub samples: usize,
+    /// Changes of a repair listed in a report (all are counted).
+    pub max_listed_changes: usize,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            enabled: true,
+            at: "02:00".into(),
+            time_zone: "UTC".into(),
+            settle_ms: 3_600_000,
+            days: 90,
+            retry_after_ms: 900_000,
+            samples: 20,
+            max_listed_changes: 10_000,
+        }
+    }
+}
+
+impl ReconcileConfig {
+    pub fn time_of_day(&self) -> Result<chrono::NaiveTime, String> {
+        chrono::NaiveTime::parse_from_str(&self.at, "%H:%M")
+            .map_err(|_| format!("reconcile.at {:?} is not HH:MM", self.at))
+    }
+
+    pub fn zone(&self) -> Result<chrono_tz::Tz, String> {
+        self.time_zone.parse().map_err(|_| format!("reconcile.time_zone {:?} is not an IANA time zone", self.time_zone))
     }
 }
 
@@ -227,6 +283,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if let Err(e) = self.reconcile.time_of_day().and(self.reconcile.zone().map(|_| ())) {
+            return bad(e);
+        }
+        if self.reconcile.days == 0 {
+            return bad("reconcile.days must be at least 1".into());
+        }
         if self.kafka.brokers.trim().is_empty() {
             return bad("kafka.brokers is empty".into());
         }

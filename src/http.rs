@@ -8,13 +8,14 @@ use std::sync::Arc;
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::trends::Granularity;
 use crate::health::Health;
 use crate::query::{Query, QueryClient};
+use crate::reconcile::{Reconciler, RunError, RunRequest, Trigger};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -22,9 +23,15 @@ struct AppState {
     metrics: Metrics,
     health: Arc<Health>,
     queries: QueryClient,
+    reconciler: Option<Arc<Reconciler>>,
 }
 
-pub fn router(metrics: Metrics, health: Arc<Health>, queries: QueryClient) -> Router {
+pub fn router(
+    metrics: Metrics,
+    health: Arc<Health>,
+    queries: QueryClient,
+    reconciler: Option<Arc<Reconciler>>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -34,7 +41,8 @@ pub fn router(metrics: Metrics, health: Arc<Health>, queries: QueryClient) -> Ro
         .route("/v1/products/top", get(top_products))
         .route("/v1/trends/{granularity}", get(trends))
         .route("/v1/openapi.json", get(openapi))
-        .with_state(AppState { metrics, health, queries })
+        .route("/v1/reconcile", post(reconcile))
+        .with_state(AppState { metrics, health, queries, reconciler })
 }
 
 const OPENAPI: &str = include_str!("../docs/openapi.json");
@@ -99,6 +107,35 @@ async fn trends(State(s): State<AppState>, Path(g): Path<String>) -> axum::respo
     ask(&s, Query::Trends(g), String::new).await
 }
 
+#[derive(serde::Deserialize)]
+struct ReconcileParams {
+    cutoff: Option<String>,
+    repair: Option<bool>,
+}
+
+/// Runs a reconciliation now and answers its report (also written to
+/// `reconciliation_reports`); 409 while one is running.
+async fn reconcile(
+    State(s): State<AppState>,
+    QueryParams(p): QueryParams<ReconcileParams>,
+) -> axum::response::Response {
+    let Some(reconciler) = s.reconciler.clone() else {
+        return problem(StatusCode::NOT_FOUND, "reconciliation is not enabled here (reconcile.enabled = false)".into());
+    };
+    let cutoff = match p.cutoff.as_deref().map(|c| chrono::NaiveDate::parse_from_str(c, "%Y-%m-%d")) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(_)) => return problem(StatusCode::BAD_REQUEST, "cutoff must be a date, YYYY-MM-DD".into()),
+    };
+    let req = RunRequest { cutoff, repair: p.repair.unwrap_or(false), trigger: Trigger::Manual };
+    // Its own task: a client that goes away does not cancel a run half-way through a repair.
+    match tokio::spawn(async move { reconciler.run(req).await }).await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e @ RunError::Busy)) => problem(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, format!("the run stopped: {e}")),
+    }
+}
+
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.ready.set(i64::from(s.health.readiness().ready));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
@@ -114,13 +151,13 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 pub async fn serve(
     listen: &str,
     (metrics, health): (Metrics, Arc<Health>),
-    queries: QueryClient,
+    (queries, reconciler): (QueryClient, Option<Arc<Reconciler>>),
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let app = router(metrics, health, queries);
+    let app = router(metrics, health, queries, reconciler);
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });

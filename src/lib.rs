@@ -16,11 +16,14 @@
 //!   backpressure, retries and the last flush on shutdown.
 //! - [`snapshot`]: the snapshot file format (versioned, checksummed) and the directory store;
 //!   [`checkpoint`]: when the pipeline takes one, and the restore at start.
+//! - [`reconcile`]: the nightly reconciliation against PostgreSQL (its queries and
+//!   migrations, the schedule, the report in `reconciliation_reports`, repairs).
 //! - [`query`]: interactive queries answered from the running state (the /v1 API).
 //! - [`health`], [`http`], [`telemetry`]: readiness flags, the /metrics /healthz /readyz and
 //!   /v1 endpoints, the Prometheus metrics (all defined in one place), end-to-end latency
 //!   (hdrhistogram) and logging.
-//! - [`cli`]: the `martstream` command (`run`, `replay`, `topics create`, `check-config`);
+//! - [`cli`]: the `martstream` command (`run`, `replay`, `reconcile`, `migrate`,
+//!   `topics create`, `check-config`);
 //!   `main.rs` only parses arguments and calls it.
 
 pub mod checkpoint;
@@ -32,6 +35,7 @@ pub mod http;
 pub mod kafka;
 pub mod pipeline;
 pub mod query;
+pub mod reconcile;
 pub mod sink;
 pub mod snapshot;
 pub mod telemetry;

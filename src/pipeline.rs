@@ -108,6 +108,8 @@ pub struct Pipeline {
     pub worker: Worker,
     /// Interactive queries from the HTTP API, answered between messages.
     pub queries: Option<mpsc::Receiver<query::Request>>,
+    /// Reconciliation requests (`run` only).
+    pub control: Option<mpsc::Receiver<crate::reconcile::Control>>,
 }
 
 /// How a run flushes and retries.
@@ -381,6 +383,25 @@ impl Worker {
         self.health.set_lag(total);
     }
 
+    /// A reconciliation's request: the figures at a cut, or a repair.
+    fn control(&mut self, c: crate::reconcile::Control) {
+        use crate::reconcile::Control;
+        match c {
+            Control::Cut { cutoff, settle, days, reply } => {
+                let cutoff = cutoff.or_else(|| self.engine.watermark().map(|w| (w - settle).date_naive()));
+                let cut = match cutoff {
+                    None => Err("no event applied yet: nothing to compare".to_owned()),
+                    Some(c) => self.engine.cut(c, days).map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(cut);
+            }
+            Control::Repair { cutoff, customers, days, reply } => {
+                let changes = self.engine.repair(cutoff, &customers, &days).map_err(|e| e.to_string());
+                let _ = reply.send(changes);
+            }
+        }
+    }
+
     fn caught_up(&self, until: &Until) -> bool {
         match until {
             Until::Forever => false,
@@ -393,8 +414,9 @@ impl Pipeline {
     /// Consumes until `until` or `shutdown`, then writes a last flush (every document when
     /// `final_full`) and waits until MongoDB has it.
     pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
-        let Pipeline { source, mut worker, queries } = self;
+        let Pipeline { source, mut worker, queries, control } = self;
         let mut queries = queries.unwrap_or_else(|| query::channel().1);
+        let mut control = control.unwrap_or_else(|| crate::reconcile::channel().1);
         let (tx, rx) = mpsc::channel::<Batch>(1);
         let acked = Arc::new(AtomicU64::new(0));
         let sink_task = tokio::spawn(sink_loop(
@@ -417,6 +439,7 @@ impl Pipeline {
                 Some((q, reply)) = queries.recv() => {
                     let _ = reply.send(worker.mirror.answer(&worker.engine, &q));
                 }
+                Some(c) = control.recv() => worker.control(c),
                 _ = tick.tick() => {
                     worker.reap_dead_letters().await;
                     worker.checkpoint(&acked).await;

@@ -3,7 +3,7 @@
 //! Pure and deterministic: the same events in the same order and the same `as_of` give the
 //! same documents, whatever the flush cadence.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::calendar::epoch_day;
@@ -11,10 +11,14 @@ use super::decode::Decoded;
 use super::dedup::{Arrival, DedupIndex, Seen};
 use super::event::EventKind;
 use super::product::{ProductChanges, ProductConfig, ProductState};
-use super::rfm::{RfmConfig, RfmDoc, RfmState};
+use super::reconcile::{
+    customer_json, day_json, day_start_us, AfterCut, CustomerFigures, Cut, CutError, OpenEvents, RepairChange,
+};
+use super::rfm::{Customer, RfmConfig, RfmDoc, RfmState};
 use super::session::{Session, SessionFact};
-use super::trends::{TrendChanges, TrendConfig, TrendState};
+use super::trends::{Bucket, TrendChanges, TrendConfig, TrendState};
 use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Warehouse};
+use super::FastMap;
 
 /// The view settings of `[views]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +57,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ViewChanges {
     pub rfm: Vec<RfmDoc>,
+    /// Customers whose `customer_rfm_analysis` document goes away (a repair took their
+    /// last purchase).
+    pub rfm_deletes: Vec<String>,
     pub products: ProductChanges,
     pub trends: TrendChanges,
     /// New facts (both tables) and dimension rows to upsert.
@@ -72,6 +79,7 @@ impl ViewChanges {
             && self.sessions.is_empty()
             && self.dims.is_empty()
             && self.rfm.is_empty()
+            && self.rfm_deletes.is_empty()
             && self.products.upserts.is_empty()
             && self.products.deletes.is_empty()
             && self.trends.upserts.is_empty()
@@ -88,6 +96,8 @@ pub struct Engine {
     trends: TrendState,
     warehouse: Warehouse,
     watermark: Option<DateTime<Utc>>,
+    /// The events a reconciliation cut may still need (see [`super::reconcile`]).
+    open: OpenEvents,
 }
 
 impl Engine {
@@ -100,6 +110,7 @@ impl Engine {
             trends: TrendState::new(config.trends),
             warehouse: Warehouse::default(),
             watermark: None,
+            open: OpenEvents::default(),
         }
     }
 
@@ -153,7 +164,8 @@ impl Engine {
         if let Some(repeat) = repeated(self.dedup.admit(&tx.transaction_id, seen)) {
             return repeat;
         }
-        self.rfm.apply(tx);
+        let (customer, prior_last) = self.rfm.apply(tx);
+        self.open.record(customer, tx.timestamp, tx.kind, tx.total_cents, prior_last);
         self.warehouse.apply(tx);
         for product_id in self.products.apply(tx) {
             self.warehouse.product_changed(product_id);
@@ -185,7 +197,107 @@ impl Engine {
         let (facts, changed) = self.warehouse.flush();
         let sessions = self.warehouse.take_sessions();
         let dims = self.dim_docs(&rfm, changed);
-        ViewChanges { rfm, products, trends, facts, sessions, dims, complete: full }
+        let rfm_deletes = self.rfm.take_removed();
+        ViewChanges { rfm, rfm_deletes, products, trends, facts, sessions, dims, complete: full }
+    }
+
+    pub fn open_events(&self) -> &OpenEvents {
+        &self.open
+    }
+
+    /// The state's figures at `cutoff` (see [`super::reconcile`]): every customer with a
+    /// figure before it, and the closed days `cutoff − days .. cutoff` the daily series holds.
+    pub fn cut(&self, cutoff: NaiveDate, days: u32) -> Result<Cut, CutError> {
+        let cutoff_day = epoch_day(cutoff);
+        self.check_cut(cutoff)?;
+        let cutoff_us = day_start_us(cutoff_day);
+        let after = self.open.after(cutoff_us, None);
+        let mut customers = FastMap::default();
+        customers.reserve(self.rfm.customer_count());
+        for (idx, id, c) in self.rfm.customers() {
+            let f = self.figures_at(idx, c, after.get(&idx).copied().unwrap_or_default(), cutoff_us);
+            if !f.is_zero() {
+                customers.insert(id.into(), f);
+            }
+        }
+        let first_day = (cutoff_day - days as i32).max(self.trends.first_daily_day().unwrap_or(i32::MIN));
+        let days = self.trends.daily_buckets(first_day..cutoff_day).collect();
+        Ok(Cut { cutoff, customers, first_day, days })
+    }
+
+    fn check_cut(&self, cutoff: NaiveDate) -> Result<(), CutError> {
+        match self.open.horizon() {
+            Some(h) if epoch_day(cutoff) < h => {
+                Err(CutError::BeforeHorizon { cutoff, horizon: super::calendar::date_of(h) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One customer's figures before the cut, from its all-time state minus its open events
+    /// dated on or after the cut.
+    fn figures_at(&self, idx: u32, c: &Customer, after: AfterCut, cutoff_us: i64) -> CustomerFigures {
+        let purchases = i64::from(c.frequency) - after.purchases;
+        let last = match self.open.last_before_horizon(idx) {
+            Some(before) => before.max(after.last_before_us),
+            None => (c.frequency > 0).then(|| c.last_purchase_at.timestamp_micros()),
+        };
+        let first = (c.frequency > 0).then(|| c.first_purchase_at.timestamp_micros()).filter(|&f| f < cutoff_us);
+        CustomerFigures {
+            purchases,
+            monetary: c.monetary - after.cents,
+            first_purchase_us: first.filter(|_| purchases > 0),
+            last_purchase_us: last.filter(|_| purchases > 0),
+        }
+    }
+
+    /// Makes the state agree with the database at `cutoff` (the database wins): each
+    /// customer's figures before the cut become the given ones (its events after the cut
+    /// stay), each day's bucket the given one. Returns every change made.
+    pub fn repair(
+        &mut self,
+        cutoff: NaiveDate,
+        customers: &[(String, CustomerFigures)],
+        days: &[(i32, Bucket)],
+    ) -> Result<Vec<RepairChange>, CutError> {
+        self.check_cut(cutoff)?;
+        let cutoff_us = day_start_us(epoch_day(cutoff));
+        let mut changes = Vec::new();
+        for (id, db) in customers {
+            let (idx, before) = match self.rfm.index_of(id) {
+                Some(idx) => {
+                    let after = self.open.after(cutoff_us, Some(idx)).get(&idx).copied().unwrap_or_default();
+                    let c = self.rfm.customer(id).expect("indexed customer");
+                    (Some(idx), (self.figures_at(idx, c, after, cutoff_us), after))
+                }
+                None => (None, (CustomerFigures::default(), AfterCut::default())),
+            };
+            let (now, after) = before;
+            let at = |us: Option<i64>| us.and_then(DateTime::from_timestamp_micros);
+            let first = db.first_purchase_us.into_iter().chain(after.first_us).min();
+            let last = db.last_purchase_us.into_iter().chain(after.last_us).max();
+            let purchases = (db.purchases + after.purchases).max(0) as u32;
+            let idx2 = self.rfm.set_figures(id, purchases, db.monetary + after.cents, at(first).zip(at(last)));
+            debug_assert!(idx.is_none_or(|i| i == idx2));
+            self.open.repaired(idx2, cutoff_us, db.last_purchase_us);
+            changes.push(RepairChange {
+                scope: "customer",
+                key: id.clone(),
+                before: customer_json(&now),
+                after: customer_json(db),
+            });
+        }
+        for &(day, bucket) in days {
+            if let Some(old) = self.trends.set_day(day, bucket) {
+                changes.push(RepairChange {
+                    scope: "day",
+                    key: super::calendar::date_of(day).to_string(),
+                    before: day_json(&old),
+                    after: day_json(&bucket),
+                });
+            }
+        }
+        Ok(changes)
     }
 
     /// Completes the dimension rows: products from their latest attributes; customers whose
@@ -254,12 +366,14 @@ mod tests {
     use super::*;
     use crate::domain::batch;
     use crate::domain::product::ProductDoc;
+    use crate::domain::reconcile::{day_start_us, CustomerFigures, Cut};
     use crate::domain::rfm::Scoring;
     use crate::domain::session::Session;
     use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+    use crate::domain::trends::Bucket;
     use crate::domain::trends::TrendDoc;
     use crate::domain::warehouse::{DimCustomer, DimProduct, Fact};
-    use crate::domain::Transaction;
+    use crate::domain::{EventKind, Transaction};
 
     /// The views as MongoDB would hold them after the sink applied every flush.
     #[derive(Debug, Default, Clone, PartialEq)]
@@ -381,6 +495,111 @@ mod tests {
         Ok(())
     }
 
+    fn recount(events: &[&Transaction], cutoff_us: i64) -> BTreeMap<String, CustomerFigures> {
+        let mut out: BTreeMap<String, CustomerFigures> = BTreeMap::new();
+        for e in events.iter().filter(|e| e.timestamp.timestamp_micros() < cutoff_us) {
+            let f = out.entry(e.user_id.clone()).or_default();
+            let at = e.timestamp.timestamp_micros();
+            match e.kind {
+                EventKind::Purchase => {
+                    f.purchases += 1;
+                    f.monetary += e.total_cents;
+                    f.first_purchase_us = Some(f.first_purchase_us.map_or(at, |x| x.min(at)));
+                    f.last_purchase_us = f.last_purchase_us.max(Some(at));
+                }
+                EventKind::Refund => f.monetary -= e.total_cents,
+            }
+        }
+        out.retain(|_, f| !f.is_zero());
+        out
+    }
+
+    fn cut_customers(cut: &Cut) -> BTreeMap<String, CustomerFigures> {
+        cut.customers.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    fn check_cut(arrivals: &[Arrival], back: u32, bump: i64) -> Result<(), TestCaseError> {
+        let config = config(Scoring::Quintile);
+        let (_, accepted, _, _) = run(&config, arrivals, 0, true);
+        let events = batch::first_arrivals(&accepted);
+        let mut engine = Engine::new(config.clone());
+        for a in arrivals {
+            if let Arrival::Event(d) = a {
+                engine.apply(d);
+            }
+        }
+        let Some(w) = engine.watermark() else { return Ok(()) };
+        let cutoff = w.date_naive() - Duration::days(i64::from(back));
+        let cutoff_us = day_start_us(epoch_day(cutoff));
+        let cut = engine.cut(cutoff, 400).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let want = recount(&events, cutoff_us);
+        prop_assert_eq!(cut_customers(&cut), want.clone());
+        let mut days: BTreeMap<i32, Bucket> = BTreeMap::new();
+        for e in events.iter().filter(|e| e.timestamp.timestamp_micros() < cutoff_us) {
+            let b = days.entry(epoch_day(e.date())).or_default();
+            match e.kind {
+                EventKind::Purchase => {
+                    b.purchases += 1;
+                    b.purchase_cents += e.total_cents;
+                }
+                EventKind::Refund => {
+                    b.refunds += 1;
+                    b.refund_cents += e.total_cents;
+                }
+            }
+        }
+        prop_assert_eq!(&cut.days, &days);
+
+        // The database says otherwise for every other customer and every day: after the
+        // repair, the cut shows the database's figures and the events after it still count.
+        let fixes: Vec<(String, CustomerFigures)> = want
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, (id, f))| {
+                // A purchase more (dated just before the cut when the stream had none).
+                let t = f.first_purchase_us.or(Some(cutoff_us - 1));
+                let last = f.last_purchase_us.or(t);
+                (
+                    id.clone(),
+                    CustomerFigures {
+                        purchases: f.purchases + bump,
+                        monetary: f.monetary + 100 * bump,
+                        first_purchase_us: t,
+                        last_purchase_us: last,
+                    },
+                )
+            })
+            .chain(std::iter::once((
+                "newcomer".to_owned(),
+                CustomerFigures {
+                    purchases: 1,
+                    monetary: 5,
+                    first_purchase_us: Some(cutoff_us - 1),
+                    last_purchase_us: Some(cutoff_us - 1),
+                },
+            )))
+            .collect();
+        let day_fixes: Vec<(i32, Bucket)> =
+            days.iter().map(|(d, b)| (*d, Bucket { purchases: b.purchases + bump, ..*b })).collect();
+        let all_time_before = recount(&events, i64::MAX);
+        engine.repair(cutoff, &fixes, &day_fixes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut expected = want.clone();
+        for (id, f) in &fixes {
+            expected.insert(id.clone(), *f);
+        }
+        let again = engine.cut(cutoff, 400).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(cut_customers(&again), expected.clone());
+        prop_assert_eq!(again.days, day_fixes.iter().copied().collect::<BTreeMap<_, _>>());
+        // All-time figures: the database's before the cut plus the stream's after it.
+        for (id, f) in &fixes {
+            let c = engine.rfm().customer(id).expect("repaired customer");
+            let after = all_time_before.get(id).map_or(0, |a| a.purchases) - want.get(id).map_or(0, |w| w.purchases);
+            prop_assert_eq!(i64::from(c.frequency), f.purchases + after);
+        }
+        Ok(())
+    }
+
     fn check_all(arrivals: &[Arrival], final_hours: i16, config: &ViewConfig) -> Result<(), TestCaseError> {
         let (views, accepted, sessions, as_of) = run(config, arrivals, final_hours, true);
         let events = batch::first_arrivals(&accepted);
@@ -444,6 +663,13 @@ mod tests {
         #[test]
         fn all_views_equal_a_batch_recompute(steps in steps(150, 150), final_hours in 0i16..72) {
             check_all(&arrivals(&steps), final_hours, &config(Scoring::Quintile))?;
+        }
+
+        /// The state's figures at any cut its open events cover equal a recount of the
+        /// applied events dated before it; a repair sets exactly the figures it is given.
+        #[test]
+        fn cut_figures_equal_a_recount_and_repairs_set_them(steps in steps(150, 10), back in 0u32..4, bump in 1i64..3) {
+            check_cut(&arrivals(&steps), back, bump)?;
         }
 
         /// Small windows and retentions, so that sliding and eviction happen constantly.

@@ -12,6 +12,7 @@
 //! - [`trends`]: daily / ISO-weekly / monthly buckets, `sales_trends`.
 //! - [`session`]: browsing-session summaries (`customer_sessions` topic) and their facts.
 //! - [`warehouse`]: the star schema's facts and dimensions, with stable surrogate keys.
+//! - [`reconcile`]: the state's figures at a cut, their comparison with PostgreSQL's, repairs.
 //! - [`engine`]: all of the above behind `apply(event)` and `flush(as_of)`.
 //! - [`batch`]: a straightforward full recompute of every view, the oracle the incremental
 //!   engine is tested against (and the baseline it is benchmarked against).
@@ -25,6 +26,7 @@ pub mod event;
 pub mod money;
 pub mod product;
 pub mod ranked;
+pub mod reconcile;
 pub mod rfm;
 pub mod session;
 #[cfg(test)]

@@ -212,12 +212,21 @@ pub struct RfmState {
     dirty: Vec<u32>,
     ranks: Option<RankIndexes>,
     last_flush: Option<FlushMark>,
+    /// Customers whose document a flush removed, until the engine takes them.
+    removed: Vec<String>,
 }
 
 impl RfmState {
     pub fn new(config: RfmConfig) -> Self {
         let ranks = (config.scoring == Scoring::Quintile).then(RankIndexes::default);
-        RfmState { config, customers: Default::default(), dirty: Vec::new(), ranks, last_flush: None }
+        RfmState {
+            config,
+            customers: Default::default(),
+            dirty: Vec::new(),
+            ranks,
+            last_flush: None,
+            removed: Vec::new(),
+        }
     }
 
     pub fn config(&self) -> &RfmConfig {
@@ -264,7 +273,8 @@ impl RfmState {
     }
 
     /// Applies one valid, first-seen event: O(1).
-    pub fn apply(&mut self, tx: &Transaction) {
+    /// Applies a transaction; returns the customer's index and its last purchase before it.
+    pub fn apply(&mut self, tx: &Transaction) -> (u32, Option<DateTime<Utc>>) {
         // Looked up by &str first: the owned key is made only for a new customer.
         let idx = match self.customers.get_index_of(tx.user_id.as_str()) {
             Some(i) => i,
@@ -283,6 +293,7 @@ impl RfmState {
         };
         let c = &mut self.customers[idx];
         let idx = idx as u32;
+        let prior_last = (c.frequency > 0).then_some(c.last_purchase_at);
         match tx.kind {
             EventKind::Purchase => {
                 if c.frequency == 0 {
@@ -301,6 +312,62 @@ impl RfmState {
             c.dirty = true;
             self.dirty.push(idx);
         }
+        (idx, prior_last)
+    }
+
+    /// Customer index and state, in index order (the index is stable: customers are never
+    /// removed).
+    pub fn customers(&self) -> impl Iterator<Item = (u32, &str, &Customer)> {
+        self.customers.iter().enumerate().map(|(i, (id, c))| (i as u32, &**id, c))
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<u32> {
+        self.customers.get_index_of(id).map(|i| i as u32)
+    }
+
+    /// Sets a customer's figures outright (a reconciliation repair), creating it if new;
+    /// returns its index. With no purchase left, its document is removed at the next flush.
+    pub fn set_figures(
+        &mut self,
+        id: &str,
+        frequency: u32,
+        monetary: Cents,
+        purchases: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> u32 {
+        let idx = match self.customers.get_index_of(id) {
+            Some(i) => i,
+            None => {
+                let t = purchases.map_or(DateTime::<Utc>::UNIX_EPOCH, |p| p.0);
+                let new = Customer {
+                    frequency: 0,
+                    monetary: 0,
+                    first_purchase_at: t,
+                    last_purchase_at: t,
+                    ranked: None,
+                    emitted: [0; 3],
+                    dirty: false,
+                };
+                self.customers.insert_full(id.into(), new).0
+            }
+        };
+        let c = &mut self.customers[idx];
+        c.frequency = frequency;
+        c.monetary = monetary;
+        if let Some((first, last)) = purchases {
+            c.first_purchase_at = first;
+            c.last_purchase_at = last;
+        }
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(idx as u32);
+        }
+        idx as u32
+    }
+
+    /// Customers whose document was removed since the last call (a repair took their last
+    /// purchase away).
+    pub fn take_removed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.removed)
     }
 
     /// The documents that changed since the last flush, as of `as_of`; with `full`, every
@@ -330,6 +397,10 @@ impl RfmState {
             let (id, c) = self.customers.get_index_mut(idx as usize).expect("customer index");
             let was_dirty = std::mem::replace(&mut c.dirty, false);
             if c.frequency == 0 {
+                if c.emitted != [0; 3] {
+                    c.emitted = [0; 3];
+                    self.removed.push(id.to_string());
+                }
                 continue;
             }
             let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
@@ -358,6 +429,11 @@ impl RfmState {
         for &idx in dirty {
             let c = &mut self.customers[idx as usize];
             if c.frequency == 0 {
+                if let Some(old) = c.ranked.take() {
+                    ranks.frequency.remove(&(old.frequency, idx));
+                    ranks.monetary.remove(&(old.monetary, idx));
+                    ranks.last_day.remove(&(old.last_day, idx));
+                }
                 continue;
             }
             let now = RankKeys {

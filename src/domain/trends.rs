@@ -229,6 +229,50 @@ impl TrendState {
         }
     }
 
+    /// The oldest day the daily series still holds (`None` before the first flush: all).
+    pub fn first_daily_day(&self) -> Option<i32> {
+        self.series[Granularity::Daily as usize].floor
+    }
+
+    /// The daily buckets of `days` that hold events.
+    pub fn daily_buckets(&self, days: std::ops::Range<i32>) -> impl Iterator<Item = (i32, Bucket)> + '_ {
+        self.series[Granularity::Daily as usize].buckets.range(days).map(|(d, b)| (*d, *b))
+    }
+
+    /// Sets a day's bucket outright (a reconciliation repair) and moves its week and month
+    /// by the difference. Returns the old bucket, or `None` when the day is older than the
+    /// daily series or already equal.
+    pub fn set_day(&mut self, day: i32, bucket: Bucket) -> Option<Bucket> {
+        let daily = &self.series[Granularity::Daily as usize];
+        if daily.floor.is_some_and(|f| day < f) {
+            return None;
+        }
+        let old = daily.buckets.get(&day).copied().unwrap_or_default();
+        if old == bucket {
+            return None;
+        }
+        for g in Granularity::ALL {
+            let period = period_of(g, day);
+            let s = &mut self.series[g as usize];
+            if s.floor.is_some_and(|f| period < f) {
+                continue;
+            }
+            let b = s.buckets.entry(period).or_default();
+            b.purchases += bucket.purchases - old.purchases;
+            b.purchase_cents += bucket.purchase_cents - old.purchase_cents;
+            b.refunds += bucket.refunds - old.refunds;
+            b.refund_cents += bucket.refund_cents - old.refund_cents;
+            if *b == Bucket::default() {
+                s.buckets.remove(&period);
+            }
+            s.dirty.insert(period);
+            if g == Granularity::Daily {
+                s.dirty.extend(period + 1..=period + 6);
+            }
+        }
+        Some(old)
+    }
+
     /// Counts a browsing session on the day it started (shown on that day's document).
     pub fn apply_session(&mut self, session: &super::session::Session) {
         let day = epoch_day(session.session_start.date_naive());
@@ -268,7 +312,9 @@ impl TrendState {
                 out.upserts.push(doc(g, p, &s.buckets, &self.sessions, as_of));
                 s.shown.insert(p);
             }
-            let gone: Vec<Period> = s.shown.iter().copied().filter(|p| *p < first || *p > last).collect();
+            // Out of retention, or emptied by a repair.
+            let gone: Vec<Period> =
+                s.shown.iter().copied().filter(|p| *p < first || *p > last || !s.buckets.contains_key(p)).collect();
             for p in gone {
                 s.shown.remove(&p);
                 out.deletes.push(format!("{}:{}", g.as_str(), period_date(g, p)));

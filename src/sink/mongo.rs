@@ -121,7 +121,8 @@ impl MongoSink {
         let trends: Vec<(Bson, Document)> =
             changes.trends.upserts.iter().map(|d| documents::trend(d, written_at)).collect();
         let mut stats = WriteStats::default();
-        stats.per_collection.push((CUSTOMER_RFM, self.upsert(CUSTOMER_RFM, rfm).await?));
+        let n = self.delete(CUSTOMER_RFM, &changes.rfm_deletes).await? + self.upsert(CUSTOMER_RFM, rfm).await?;
+        stats.per_collection.push((CUSTOMER_RFM, n));
         let n = self.delete(PRODUCT_PERFORMANCE, &changes.products.deletes).await?
             + self.upsert(PRODUCT_PERFORMANCE, products).await?;
         stats.per_collection.push((PRODUCT_PERFORMANCE, n));

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub latency: Latency,
     pub products: IntGauge,
     pub segment_customers: IntGaugeVec,
+    pub reconciliation_runs: IntCounterVec,
+    pub reconciliation_duration: Gauge,
+    pub reconciliation_last_success: IntGauge,
+    pub reconciliation_mismatches: IntGaugeVec,
     resident_memory: IntGauge,
 }
 
@@ -122,6 +126,30 @@ impl Metrics {
             event_time_lag: float_gauge(
                 "martstream_event_time_lag_seconds",
                 "Wall clock minus the largest event time applied: how far behind the events the state is.",
+            ),
+            reconciliation_runs: counter_vec(
+                "martstream_reconciliation_runs_total",
+                "Reconciliations against PostgreSQL, by outcome (ok, mismatches, repaired, failed).",
+                &["outcome"],
+            ),
+            reconciliation_duration: float_gauge(
+                "martstream_reconciliation_duration_seconds",
+                "How long the last reconciliation took.",
+            ),
+            reconciliation_last_success: gauge(
+                "martstream_reconciliation_last_success_timestamp_seconds",
+                "When the last reconciliation that completed (with or without mismatches) finished, Unix seconds; 0 before the first.",
+            ),
+            reconciliation_mismatches: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "martstream_reconciliation_mismatches",
+                        "Customers or days that disagreed with PostgreSQL in the last completed reconciliation, by kind.",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
             ),
             snapshots: counter_vec(
                 "martstream_snapshots_total",

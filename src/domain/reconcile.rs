@@ -1,0 +1,416 @@
+//! Reconciliation with the operational database (PostgreSQL), the pure part: the state's
+//! figures at a cut, their comparison with the database's, and what a repair changes.
+//!
+//! **The cut** is a UTC date: "closed" means every event dated before its midnight. The
+//! database gives per customer (purchases, net money, first and last purchase) and per day
+//! (purchases, refunds, money) over the rows dated before the cut; the state gives the same
+//! figures while it keeps consuming. Customers' figures in the state are all-time, so the
+//! state keeps [`OpenEvents`]: the events dated on or after the *horizon* (midnight of the
+//! newest event's date minus [`OPEN_DAYS`]); subtracting those dated on or after the cut
+//! gives the figures at the cut, for any cut not older than the horizon. Days are closed
+//! buckets of the daily trend series, so they are compared as they are.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::calendar::epoch_day;
+use super::money::Cents;
+use super::trends::Bucket;
+use super::{EventKind, FastMap, FastSet};
+
+/// How many dates before the newest event's date the open events cover: a cut may be at most
+/// this old.
+pub const OPEN_DAYS: u32 = 3;
+
+/// Microseconds of the midnight that starts day number `day` (PostgreSQL's precision).
+pub fn day_start_us(day: i32) -> i64 {
+    i64::from(day) * 86_400_000_000
+}
+
+/// A customer's figures over the events dated before a cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerFigures {
+    pub purchases: i64,
+    /// Σ purchase total − Σ refund total, cents.
+    pub monetary: Cents,
+    /// Event times of the first and last purchase, microseconds since the epoch.
+    pub first_purchase_us: Option<i64>,
+    pub last_purchase_us: Option<i64>,
+}
+
+impl CustomerFigures {
+    pub fn is_zero(&self) -> bool {
+        *self == CustomerFigures::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Open {
+    customer: u32,
+    at_us: i64,
+    /// +total for a purchase, −total for a refund.
+    cents: Cents,
+    purchase: bool,
+}
+
+/// The applied events dated on or after the horizon (see the module doc).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OpenEvents {
+    horizon: Option<i32>,
+    events: Vec<Open>,
+    /// For every customer with an open purchase: the last purchase dated before the horizon.
+    before: FastMap<u32, Option<i64>>,
+}
+
+/// What the open events dated on or after a cut add to one customer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AfterCut {
+    pub purchases: i64,
+    pub cents: Cents,
+    /// The first and last open purchase dated on or after the cut.
+    pub first_us: Option<i64>,
+    pub last_us: Option<i64>,
+    /// The last open purchase dated before the cut.
+    pub last_before_us: Option<i64>,
+}
+
+impl OpenEvents {
+    /// The day number of the horizon: cuts must not be older. `None` before any event.
+    pub fn horizon(&self) -> Option<i32> {
+        self.horizon
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Records an applied event of customer index `customer`; `prior_last` is the customer's
+    /// last purchase before this event (`None` when it had none).
+    pub fn record(
+        &mut self,
+        customer: u32,
+        at: DateTime<Utc>,
+        kind: EventKind,
+        total: Cents,
+        prior_last: Option<DateTime<Utc>>,
+    ) {
+        let day = epoch_day(at.date_naive());
+        let wanted = day - OPEN_DAYS as i32;
+        if self.horizon.is_none_or(|h| wanted > h) {
+            self.advance(wanted);
+        }
+        let horizon = self.horizon.unwrap_or(wanted);
+        let at_us = at.timestamp_micros();
+        let purchase = kind == EventKind::Purchase;
+        if day < horizon {
+            // Late: it only moves a kept "last purchase before the horizon".
+            if purchase {
+                if let Some(b) = self.before.get_mut(&customer) {
+                    *b = (*b).max(Some(at_us));
+                }
+            }
+            return;
+        }
+        if purchase && !self.before.contains_key(&customer) {
+            // No open purchase yet, so every purchase so far is dated before the horizon.
+            self.before.insert(customer, prior_last.map(|t| t.timestamp_micros()));
+        }
+        let cents = if purchase { total } else { -total };
+        self.events.push(Open { customer, at_us, cents, purchase });
+    }
+
+    /// Moves the horizon forward, folding the events it passes into `before`.
+    fn advance(&mut self, horizon: i32) {
+        self.horizon = Some(horizon);
+        let h_us = day_start_us(horizon);
+        let before = &mut self.before;
+        self.events.retain(|e| {
+            if e.at_us >= h_us {
+                return true;
+            }
+            if e.purchase {
+                if let Some(b) = before.get_mut(&e.customer) {
+                    *b = (*b).max(Some(e.at_us));
+                }
+            }
+            false
+        });
+        let open: FastSet<u32> = self.events.iter().filter(|e| e.purchase).map(|e| e.customer).collect();
+        before.retain(|c, _| open.contains(c));
+    }
+
+    /// The last purchase dated before the horizon of a customer with open purchases; `None`
+    /// when the customer has no open purchase (all its purchases are older).
+    pub fn last_before_horizon(&self, customer: u32) -> Option<Option<i64>> {
+        self.before.get(&customer).copied()
+    }
+
+    /// Per customer with open events: what those events add relative to `cutoff_us`.
+    pub fn after(&self, cutoff_us: i64, only: Option<u32>) -> FastMap<u32, AfterCut> {
+        let mut out: FastMap<u32, AfterCut> = FastMap::default();
+        for e in self.events.iter().filter(|e| only.is_none_or(|c| c == e.customer)) {
+            let a = out.entry(e.customer).or_default();
+            if e.at_us >= cutoff_us {
+                a.cents += e.cents;
+                if e.purchase {
+                    a.purchases += 1;
+                    a.first_us = Some(a.first_us.map_or(e.at_us, |f| f.min(e.at_us)));
+                    a.last_us = a.last_us.max(Some(e.at_us));
+                }
+            } else if e.purchase {
+                a.last_before_us = a.last_before_us.max(Some(e.at_us));
+            }
+        }
+        out
+    }
+
+    /// After a repair of `customer` at `cutoff_us`: its open events dated before the cut are
+    /// replaced by the database's figures, so they are dropped, and `last_before` becomes
+    /// its last purchase before the cut.
+    pub fn repaired(&mut self, customer: u32, cutoff_us: i64, last_before: Option<i64>) {
+        self.events.retain(|e| e.customer != customer || e.at_us >= cutoff_us);
+        if self.events.iter().any(|e| e.customer == customer && e.purchase) {
+            self.before.insert(customer, last_before);
+        } else {
+            self.before.remove(&customer);
+        }
+    }
+}
+
+/// The state's figures at a cut.
+#[derive(Debug, Clone, Default)]
+pub struct Cut {
+    pub cutoff: NaiveDate,
+    /// Customers with any figure before the cut.
+    pub customers: FastMap<Box<str>, CustomerFigures>,
+    /// Closed days compared: `first_day..cutoff`, each with its bucket (absent: no events).
+    pub first_day: i32,
+    pub days: BTreeMap<i32, Bucket>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CutError {
+    #[error("cutoff {cutoff} is older than the open-event horizon {horizon}: the state can only cut at most {OPEN_DAYS} days before its newest event")]
+    BeforeHorizon { cutoff: NaiveDate, horizon: NaiveDate },
+}
+
+/// What kind of disagreement one customer or day shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchKind {
+    /// The database has more purchases than the state: events missing from the stream.
+    CustomerMissingInStream,
+    /// The state has purchases the database lacks.
+    CustomerMissingInPostgres,
+    /// Same purchases, different money.
+    CustomerAmount,
+    /// Same purchases and money, different first or last purchase time.
+    CustomerPurchaseTime,
+    /// A closed day's purchase or refund count differs.
+    DayCount,
+    /// Same counts, different money.
+    DayRevenue,
+}
+
+impl MismatchKind {
+    pub const ALL: [MismatchKind; 6] = [
+        MismatchKind::CustomerMissingInStream,
+        MismatchKind::CustomerMissingInPostgres,
+        MismatchKind::CustomerAmount,
+        MismatchKind::CustomerPurchaseTime,
+        MismatchKind::DayCount,
+        MismatchKind::DayRevenue,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MismatchKind::CustomerMissingInStream => "customer_missing_in_stream",
+            MismatchKind::CustomerMissingInPostgres => "customer_missing_in_postgres",
+            MismatchKind::CustomerAmount => "customer_amount",
+            MismatchKind::CustomerPurchaseTime => "customer_purchase_time",
+            MismatchKind::DayCount => "day_count",
+            MismatchKind::DayRevenue => "day_revenue",
+        }
+    }
+}
+
+pub fn classify_customer(stream: &CustomerFigures, db: &CustomerFigures) -> Option<MismatchKind> {
+    use std::cmp::Ordering::*;
+    match db.purchases.cmp(&stream.purchases) {
+        Greater => Some(MismatchKind::CustomerMissingInStream),
+        Less => Some(MismatchKind::CustomerMissingInPostgres),
+        Equal if db.monetary != stream.monetary => Some(MismatchKind::CustomerAmount),
+        Equal if db.first_purchase_us != stream.first_purchase_us || db.last_purchase_us != stream.last_purchase_us => {
+            Some(MismatchKind::CustomerPurchaseTime)
+        }
+        Equal => None,
+    }
+}
+
+pub fn classify_day(stream: &Bucket, db: &Bucket) -> Option<MismatchKind> {
+    if stream.purchases != db.purchases || stream.refunds != db.refunds {
+        Some(MismatchKind::DayCount)
+    } else if stream.purchase_cents != db.purchase_cents || stream.refund_cents != db.refund_cents {
+        Some(MismatchKind::DayRevenue)
+    } else {
+        None
+    }
+}
+
+/// One disagreement, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mismatch {
+    pub kind: MismatchKind,
+    /// The customer id, or the date `YYYY-MM-DD`.
+    pub key: String,
+    pub stream: serde_json::Value,
+    pub postgres: serde_json::Value,
+}
+
+/// The running count of a comparison: what a report says, and what a repair needs.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pub customers_checked: u64,
+    pub days_checked: u64,
+    pub counts: BTreeMap<MismatchKind, u64>,
+    /// Σ over customers of the database's purchases the state lacks, and the reverse.
+    pub purchases_missing_in_stream: i64,
+    pub purchases_missing_in_postgres: i64,
+    /// The first `sample_limit` mismatches.
+    pub samples: Vec<Mismatch>,
+    pub sample_limit: usize,
+    /// The database's figures for every mismatched customer and day (what a repair sets).
+    pub customer_fixes: Vec<(String, CustomerFigures)>,
+    pub day_fixes: Vec<(i32, Bucket)>,
+}
+
+impl Tally {
+    pub fn new(sample_limit: usize) -> Self {
+        Tally { sample_limit, ..Tally::default() }
+    }
+
+    pub fn mismatches(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    fn count(&mut self, kind: MismatchKind, key: String, stream: serde_json::Value, db: serde_json::Value) {
+        *self.counts.entry(kind).or_default() += 1;
+        if self.samples.len() < self.sample_limit {
+            self.samples.push(Mismatch { kind, key, stream, postgres: db });
+        }
+    }
+
+    /// Compares one customer; an absent side counts as all zeros.
+    pub fn customer(&mut self, id: &str, stream: Option<&CustomerFigures>, db: Option<&CustomerFigures>) {
+        let (s, d) = (stream.copied().unwrap_or_default(), db.copied().unwrap_or_default());
+        self.customers_checked += 1;
+        let Some(kind) = classify_customer(&s, &d) else {
+            return;
+        };
+        let diff = d.purchases - s.purchases;
+        self.purchases_missing_in_stream += diff.max(0);
+        self.purchases_missing_in_postgres += (-diff).max(0);
+        self.count(kind, id.to_owned(), customer_json(&s), customer_json(&d));
+        self.customer_fixes.push((id.to_owned(), d));
+    }
+
+    /// Compares one closed day; an absent side counts as no events.
+    pub fn day(&mut self, day: i32, stream: Option<&Bucket>, db: Option<&Bucket>) {
+        let (s, d) = (stream.copied().unwrap_or_default(), db.copied().unwrap_or_default());
+        self.days_checked += 1;
+        let Some(kind) = classify_day(&s, &d) else {
+            return;
+        };
+        let date = super::calendar::date_of(day).to_string();
+        self.count(kind, date, day_json(&s), day_json(&d));
+        self.day_fixes.push((day, d));
+    }
+}
+
+fn instant_json(us: Option<i64>) -> serde_json::Value {
+    us.and_then(DateTime::from_timestamp_micros)
+        .map_or(serde_json::Value::Null, |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into())
+}
+
+pub fn customer_json(f: &CustomerFigures) -> serde_json::Value {
+    serde_json::json!({
+        "frequency": f.purchases,
+        "monetary": super::money::to_units(f.monetary),
+        "first_purchase_at": instant_json(f.first_purchase_us),
+        "last_purchase_at": instant_json(f.last_purchase_us),
+    })
+}
+
+pub fn day_json(b: &Bucket) -> serde_json::Value {
+    serde_json::json!({
+        "transaction_count": b.purchases,
+        "total_revenue": super::money::to_units(b.revenue()),
+        "refund_count": b.refunds,
+        "refund_amount": super::money::to_units(b.refund_cents),
+    })
+}
+
+/// One change a repair made, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RepairChange {
+    /// `customer` or `day`.
+    pub scope: &'static str,
+    pub key: String,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(day: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, day, hour, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn open_events_keep_what_a_cut_needs() {
+        let mut o = OpenEvents::default();
+        // Customer 0: purchases on the 1st and 10th, a refund on the 10th.
+        o.record(0, at(1, 9), EventKind::Purchase, 500, None);
+        o.record(0, at(10, 9), EventKind::Purchase, 700, Some(at(1, 9)));
+        o.record(0, at(10, 10), EventKind::Refund, 200, Some(at(10, 9)));
+        // Horizon: the 10th minus 3 days = the 7th; the 1st was folded away.
+        assert_eq!(o.horizon(), Some(epoch_day(at(7, 0).date_naive())));
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.last_before_horizon(0), Some(Some(at(1, 9).timestamp_micros())));
+        let cut = day_start_us(epoch_day(at(10, 0).date_naive()));
+        let a = o.after(cut, None)[&0];
+        assert_eq!((a.purchases, a.cents), (1, 500));
+        assert_eq!(a.last_before_us, None);
+        // A late purchase before the horizon moves the kept "last before".
+        o.record(0, at(2, 9), EventKind::Purchase, 100, Some(at(10, 9)));
+        assert_eq!(o.last_before_horizon(0), Some(Some(at(2, 9).timestamp_micros())));
+    }
+
+    #[test]
+    fn classification_order() {
+        let s = CustomerFigures { purchases: 2, monetary: 100, first_purchase_us: Some(1), last_purchase_us: Some(5) };
+        assert_eq!(classify_customer(&s, &s), None);
+        let more = CustomerFigures { purchases: 3, ..s };
+        assert_eq!(classify_customer(&s, &more), Some(MismatchKind::CustomerMissingInStream));
+        assert_eq!(classify_customer(&more, &s), Some(MismatchKind::CustomerMissingInPostgres));
+        let money = CustomerFigures { monetary: 99, ..s };
+        assert_eq!(classify_customer(&s, &money), Some(MismatchKind::CustomerAmount));
+        let late = CustomerFigures { last_purchase_us: Some(6), ..s };
+        assert_eq!(classify_customer(&s, &late), Some(MismatchKind::CustomerPurchaseTime));
+        let mut t = Tally::new(1);
+        t.customer("a", Some(&s), Some(&more));
+        t.customer("b", None, Some(&s));
+        t.customer("c", Some(&s), Some(&s));
+        assert_eq!(t.counts[&MismatchKind::CustomerMissingInStream], 2);
+        assert_eq!((t.purchases_missing_in_stream, t.customers_checked, t.samples.len()), (3, 3, 1));
+    }
+}
