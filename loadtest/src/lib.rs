@@ -7,6 +7,8 @@
 //! Each generated message carries a [`Label`] saying what martstream must do with it, and
 //! the Kafka message timestamp a real producer would have given it (shortly after the event).
 
+pub mod postgres;
+
 use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

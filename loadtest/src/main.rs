@@ -1,5 +1,6 @@
 //! `loadtest`: generates a deterministic GlobalMart event stream and writes it to Kafka
-//! (keyed by user_id, with producer-like message timestamps) or to a JSON-lines file.
+//! (keyed by user_id, with producer-like message timestamps) or to a JSON-lines file, and
+//! optionally the same transactions to PostgreSQL, with injected drift.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -59,9 +60,36 @@ struct Args {
     sessions: usize,
     #[arg(long, default_value = "customer_sessions")]
     sessions_topic: String,
+    /// Also write the valid transactions to this PostgreSQL database (schema applied first).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// Write to PostgreSQL only, not to Kafka.
+    #[arg(long, requires = "postgres")]
+    no_kafka: bool,
+    /// Drift: this many purchases (each of a different customer) go to PostgreSQL only.
+    #[arg(long, default_value_t = 0, requires = "postgres")]
+    drift_missing_kafka: usize,
+    /// Drift: this many purchases go to Kafka only.
+    #[arg(long, default_value_t = 0, requires = "postgres")]
+    drift_missing_postgres: usize,
+    /// Drift: this many purchases carry 1.00 more in PostgreSQL.
+    #[arg(long, default_value_t = 0, requires = "postgres")]
+    drift_amount: usize,
+    /// Drift only among purchases dated before this instant.
+    #[arg(long, value_name = "RFC3339")]
+    drift_before: Option<DateTime<Utc>>,
     /// Extra librdkafka producer properties, KEY=VALUE (repeatable).
     #[arg(long = "producer-option", value_parser = parse_kv)]
     producer_options: Vec<(String, String)>,
+}
+
+fn drift(args: &Args) -> loadtest::postgres::Drift {
+    loadtest::postgres::Drift {
+        missing_in_kafka: args.drift_missing_kafka,
+        missing_in_postgres: args.drift_missing_postgres,
+        amount: args.drift_amount,
+        before: args.drift_before,
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -121,7 +149,29 @@ fn run(args: Args) -> Result<()> {
             sent += 1;
         }
         out.flush()?;
+    } else if args.no_kafka {
+        let rt = tokio::runtime::Runtime::new()?;
+        let url = args.postgres.clone().unwrap_or_default();
+        let mut pg = rt.block_on(loadtest::postgres::Writer::connect(&url))?;
+        let drift = drift(&args);
+        let mut injected = loadtest::postgres::Injected::default();
+        for m in Generator::new(cfg) {
+            if let Some(row) = injected.route(&drift, &m).to_postgres {
+                rt.block_on(pg.add(row))?;
+            }
+            *counts.entry(label(&m.label)).or_default() += 1;
+            sent += 1;
+        }
+        rt.block_on(pg.flush())?;
+        eprintln!("loadtest: {} rows in PostgreSQL; {}", pg.written, injected.summary());
     } else {
+        let rt = tokio::runtime::Runtime::new()?;
+        let mut pg = match &args.postgres {
+            Some(url) => Some(rt.block_on(loadtest::postgres::Writer::connect(url))?),
+            None => None,
+        };
+        let drift = drift(&args);
+        let mut injected = loadtest::postgres::Injected::default();
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &args.brokers)
@@ -157,6 +207,15 @@ fn run(args: Args) -> Result<()> {
                 break;
             }
             pace(sent);
+            if let Some(pg) = pg.as_mut() {
+                let route = injected.route(&drift, &m);
+                if let Some(row) = route.to_postgres {
+                    rt.block_on(pg.add(row))?;
+                }
+                if !route.to_kafka {
+                    continue;
+                }
+            }
             let stamp = if args.live { Utc::now() } else { m.timestamp };
             let mut record =
                 BaseRecord::to(&args.topic).key(&m.key).payload(&m.payload).timestamp(stamp.timestamp_millis());
@@ -174,6 +233,10 @@ fn run(args: Args) -> Result<()> {
             sent += 1;
         }
         producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+        if let Some(pg) = pg.as_mut() {
+            rt.block_on(pg.flush())?;
+            eprintln!("loadtest: {} rows in PostgreSQL; {}", pg.written, injected.summary());
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     let detail: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
