@@ -1,0 +1,243 @@
+//! The reconciliation against real PostgreSQL, Kafka and MongoDB: the load generator writes
+//! the same transactions to Kafka and PostgreSQL with injected drift of every kind; the
+//! report counts exactly what was injected; `--repair` makes the views equal a recompute
+//! from PostgreSQL; without drift it finds nothing; a PostgreSQL it cannot reach is a failed
+//! run, recorded, while the service keeps running.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{eventually, free_port, get, metric, recompute, Scenario, Service};
+use loadtest::postgres::{Drift, Injected, Writer};
+use loadtest::{GenConfig, Generator, Message};
+use serde_json::{json, Value};
+use sqlx::Row;
+
+fn pg_url(database: &str) -> String {
+    let base = std::env::var("MARTSTREAM_POSTGRES__URL")
+        .unwrap_or_else(|_| "postgres://globalmart:globalmart123@127.0.0.1:55432/globalmart".into());
+    let (server, _) = base.rsplit_once('/').expect("a database in the url");
+    format!("{server}/{database}")
+}
+
+/// A fresh database on the stack's PostgreSQL.
+async fn fresh_pg(s: &Scenario) -> String {
+    let name = s.database.to_lowercase();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_url("globalmart")).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    pg_url(&name)
+}
+
+/// Routes the messages: those for Kafka are returned, the rest written to PostgreSQL.
+async fn split(messages: &[Message], drift: &Drift, url: &str) -> (Vec<Message>, Injected) {
+    let mut pg = Writer::connect(url).await.unwrap();
+    let mut injected = Injected::default();
+    let mut kafka = Vec::new();
+    for m in messages {
+        let route = injected.route(drift, m);
+        if let Some(row) = route.to_postgres {
+            pg.add(row).await.unwrap();
+        }
+        if route.to_kafka {
+            kafka.push(m.clone());
+        }
+    }
+    pg.flush().await.unwrap();
+    (kafka, injected)
+}
+
+/// Every transaction in PostgreSQL as an event (what the recompute reads).
+async fn pg_events(url: &str) -> Vec<Value> {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+    let rows = sqlx::query(
+        r#"SELECT transaction_id, user_id, event_type, total_amount::text AS total,
+                  (extract(epoch FROM "timestamp") * 1000000)::bigint AS us
+           FROM transactions"#,
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| {
+            let at = DateTime::<Utc>::from_timestamp_micros(r.get("us")).unwrap();
+            json!({
+                "transaction_id": r.get::<String, _>("transaction_id"),
+                "user_id": r.get::<String, _>("user_id"),
+                "event_type": r.get::<String, _>("event_type"),
+                "total_amount": r.get::<String, _>("total").parse::<f64>().unwrap(),
+                "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            })
+        })
+        .collect()
+}
+
+struct Running {
+    _service: Service,
+    base: String,
+    port: u16,
+}
+
+/// Starts `run --clock event` and waits until it has consumed `count` messages.
+async fn start_service(s: &Scenario, port: u16, count: usize) -> Running {
+    let log = std::env::temp_dir().join(format!("{}.log", s.database));
+    let child = s
+        .command(&["run", "--clock", "event"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let caught_up = eventually(Duration::from_secs(60), || async {
+        let Some((200, text)) = get(&format!("{base}/metrics")).await else { return false };
+        metric(&text, "martstream_events_consumed_total") == Some(count as f64)
+            && get(&format!("{base}/readyz")).await.is_some_and(|r| r.0 == 200)
+    })
+    .await;
+    assert!(caught_up, "the service did not catch up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    Running { _service: service, base, port }
+}
+
+/// `martstream reconcile` against the running service: (exit ok, report).
+fn reconcile(s: &Scenario, r: &Running, extra: &[&str]) -> (bool, Value) {
+    let service = format!("127.0.0.1:{}", r.port);
+    let mut args = vec!["reconcile", "--service", service.as_str()];
+    args.extend_from_slice(extra);
+    let out = s.command(&args).output().unwrap();
+    let report =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), report)
+}
+
+fn scenario(prefix: &str, port: u16, pg: &str) -> Scenario {
+    let mut s = Scenario::new(prefix);
+    s.extra = vec![
+        "--set".into(),
+        format!("service.http_listen=127.0.0.1:{port}"),
+        "--set".into(),
+        format!("postgres.url={pg}"),
+        "--set".into(),
+        "postgres.connect_timeout_ms=2000".into(),
+        "--set".into(),
+        "snapshot.enabled=false".into(),
+    ];
+    s
+}
+
+fn messages(seed: u64) -> (Vec<Message>, DateTime<Utc>) {
+    let start: DateTime<Utc> = "2026-09-01T00:00:00Z".parse().unwrap();
+    let cfg = GenConfig { seed, events: 6000, customers: 700, days: 20, start, ..GenConfig::default() };
+    (Generator::new(cfg).collect(), start)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_drift_is_counted_exactly_and_repair_makes_the_views_equal_postgres() {
+    let port = free_port();
+    let mut s = scenario("e2e_recon", port, "");
+    let pg = fresh_pg(&s).await;
+    s.extra[3] = format!("postgres.url={pg}");
+    s.create_topics();
+    let (all, start) = messages(21);
+    let drift = Drift {
+        missing_in_kafka: 5,
+        missing_in_postgres: 4,
+        amount: 3,
+        before: Some(start + chrono::Duration::days(10)),
+    };
+    let (kafka, injected) = split(&all, &drift, &pg).await;
+    assert_eq!((injected.missing_in_kafka.len(), injected.missing_in_postgres.len(), injected.amount.len()), (5, 4, 3));
+    s.produce(&kafka).await;
+    let r = start_service(&s, port, kafka.len()).await;
+
+    // The cut: the 18th day, inside what the state can cut (3 days before its newest event).
+    let cutoff = (start + chrono::Duration::days(18)).date_naive().to_string();
+    let (ok, report) = reconcile(&s, &r, &["--cutoff", &cutoff]);
+    assert!(ok, "{report:#}");
+    assert_eq!(report["outcome"], "mismatches", "{report:#}");
+    let m = &report["mismatches"];
+    assert_eq!(m["customer_missing_in_stream"], 5, "{report:#}");
+    assert_eq!(m["customer_missing_in_postgres"], 4, "{report:#}");
+    assert_eq!(m["customer_amount"], 3, "{report:#}");
+    assert_eq!(m["customer_purchase_time"], 0, "{report:#}");
+    assert_eq!(
+        (report["purchases_missing_in_stream"].as_i64(), report["purchases_missing_in_postgres"].as_i64()),
+        (Some(5), Some(4))
+    );
+    assert!(m["day_count"].as_u64().unwrap() + m["day_revenue"].as_u64().unwrap() >= 1, "{report:#}");
+    let (_, text) = get(&format!("{}/metrics", r.base)).await.unwrap();
+    assert_eq!(metric(&text, r#"martstream_reconciliation_mismatches{kind="customer_amount"}"#), Some(3.0));
+    let reports = s.collection("reconciliation_reports").await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].get_str("outcome"), Ok("mismatches"));
+    assert!(reports[0].get_datetime("started_at").is_ok());
+
+    // PostgreSQL wins: every mismatch is changed, and the views become its recompute.
+    let (ok, repaired) = reconcile(&s, &r, &["--cutoff", &cutoff, "--repair"]);
+    assert!(ok, "{repaired:#}");
+    assert_eq!(repaired["outcome"], "repaired");
+    assert_eq!(repaired["changes_total"], repaired["mismatches_total"]);
+    let truth = pg_events(&pg).await;
+    let as_of = recompute::event_clock(&recompute::applied(&kafka));
+    let (rfm, trends) = (recompute::rfm(&truth, as_of, false), recompute::trends(&truth, as_of));
+    let last_error = std::sync::Mutex::new(String::new());
+    let equal = eventually(Duration::from_secs(30), || async {
+        let (docs, trend_docs) = (s.collection("customer_rfm_analysis").await, s.collection("sales_trends").await);
+        let result = recompute::rfm_diff(&docs, &rfm, None).and_then(|_| recompute::trends_diff(&trend_docs, &trends));
+        if let Err(e) = &result {
+            *last_error.lock().unwrap() = e.clone();
+        }
+        result.is_ok()
+    })
+    .await;
+    assert!(equal, "views differ from the recompute from PostgreSQL: {}", last_error.lock().unwrap());
+    let (_, again) = reconcile(&s, &r, &["--cutoff", &cutoff]);
+    assert_eq!((again["outcome"].as_str(), again["mismatches_total"].as_u64()), (Some("ok"), Some(0)), "{again:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_drift_nothing_differs_and_an_unreachable_postgres_is_a_failed_run() {
+    let port = free_port();
+    let mut s = scenario("e2e_recon_clean", port, "");
+    let pg = fresh_pg(&s).await;
+    s.extra[3] = format!("postgres.url={pg}");
+    s.create_topics();
+    let (all, _) = messages(22);
+    let (kafka, _) = split(&all, &Drift::default(), &pg).await;
+    s.produce(&kafka).await;
+    let r = start_service(&s, port, kafka.len()).await;
+    // The default cut: the date of the newest event minus reconcile.settle_ms.
+    let (ok, report) = reconcile(&s, &r, &[]);
+    assert!(ok, "{report:#}");
+    assert_eq!((report["outcome"].as_str(), report["mismatches_total"].as_u64()), (Some("ok"), Some(0)), "{report:#}");
+    assert!(report["customers_checked"].as_u64().unwrap() > 500, "{report:#}");
+    assert!(report["days_checked"].as_u64().unwrap() >= 19, "{report:#}");
+    drop(r);
+
+    // Same topic and views, PostgreSQL on a port nobody listens on.
+    let port = free_port();
+    let mut down = scenario("e2e_recon_down", port, &format!("postgres://u:p@127.0.0.1:{}/x", free_port()));
+    down.topic = s.topic.clone();
+    down.dlq = s.dlq.clone();
+    down.sessions = s.sessions.clone();
+    down.sessions_dlq = s.sessions_dlq.clone();
+    down.database = s.database.clone();
+    let r = start_service(&down, port, kafka.len()).await;
+    let (ok, report) = reconcile(&down, &r, &[]);
+    assert!(!ok, "a failed run exits non-zero");
+    assert_eq!(report["outcome"], "failed", "{report:#}");
+    assert!(report["error"].as_str().unwrap().contains("PostgreSQL"), "{report:#}");
+    assert_eq!(get(&format!("{}/healthz", r.base)).await.map(|x| x.0), Some(200), "the service keeps running");
+    let (_, text) = get(&format!("{}/metrics", r.base)).await.unwrap();
+    assert_eq!(metric(&text, r#"martstream_reconciliation_runs_total{outcome="failed"}"#), Some(1.0));
+    let failed = s
+        .collection("reconciliation_reports")
+        .await
+        .into_iter()
+        .filter(|d| d.get_str("outcome") == Ok("failed"))
+        .count();
+    assert_eq!(failed, 1);
+}
