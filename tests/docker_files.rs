@@ -102,6 +102,8 @@ fn exported() -> String {
     m.segment_customers.with_label_values(&["Champions"]).set(0);
     m.documents_written.with_label_values(&["fact_sales"]).inc_by(0);
     m.late_events.with_label_values(&["sales_trends"]).inc_by(0);
+    m.reconciliation_runs.with_label_values(&["failed"]).inc_by(0);
+    m.reconciliation_mismatches.with_label_values(&["day_count"]).set(0);
     m.render()
 }
 
