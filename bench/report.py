@@ -81,6 +81,8 @@ def restore_col(row, i):
 
 
 one_m = next((r for r in restore_rows if restore_col(r, 0) == "1000000"), None)
+recon_full = seconds(env.get("RECON_TIME"), r"reconciliation ([0-9.]+) s")
+recon_bare = seconds(env.get("RECON_TIME"), r"aggregate ([0-9.]+) s")
 restore_1m = float(restore_col(one_m, 6).rstrip(" s")) if one_m else float("nan")
 bytes_per_customer = [(restore_col(r, 0), restore_col(r, 9)) for r in restore_rows]
 ms_file = seconds(env.get("FILE_MS"))
@@ -202,6 +204,23 @@ Freshness: the batch jobs ran nightly (RFM), daily (products) and hourly (trends
 views were up to 24 h / 24 h / 1 h old. martstream's are {p50:.1f} s old at the median
 (section 3), while a recompute of everything costs the times above on every run.
 
+## 6. Reconciliation against PostgreSQL
+
+`cargo bench --bench reconcile -- CUSTOMERS TRANSACTIONS URL`: the load generator's valid
+transactions (90 days) in a fresh PostgreSQL database and in an engine; then the
+reconciliation (the state's cut of every customer, every customer and closed day compared
+with what PostgreSQL streams) next to the bare per-customer `GROUP BY` streamed to the client
+and the per-day query (the least any comparison pays), best of two warm runs.
+
+| | seconds | vs bare query |
+|---|---:|---:|
+| bare PostgreSQL aggregate | {recon_bare:.2f} | 1 |
+| martstream reconciliation | {recon_full:.2f} | {recon_full / recon_bare if recon_bare == recon_bare and recon_bare else float("nan"):.2f}× |
+
+`{env.get("RECON_TIME", "")}`
+`{env.get("RECON_CUT", "")}`
+`{env.get("RECON_LOAD", "")}`
+
 ## Commands
 
 ```sh
@@ -209,6 +228,7 @@ scripts/bench                     # everything above; BENCH_QUICK=1 for a short 
 cargo bench --bench engine
 cargo bench --bench restore -- 100000 1000000 5000000
 cargo bench --bench views_from_file -- events.jsonl
+cargo bench --bench reconcile -- 1000000 10000000 postgres://…/fresh_database
 target/release/bare_consumer --topic T [--follow SECONDS]
 target/release/loadtest --topic T --events N [--live --rate R --duration S] [--out FILE]
 ```

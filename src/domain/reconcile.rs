@@ -277,6 +277,8 @@ pub struct Mismatch {
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     pub customers_checked: u64,
+    /// Customers the database had rows of (counted by the caller that streams them).
+    pub customers_in_postgres: u64,
     pub days_checked: u64,
     pub counts: BTreeMap<MismatchKind, u64>,
     /// Σ over customers of the database's purchases the state lacks, and the reverse.

@@ -96,6 +96,32 @@ pub struct Report {
     pub changes: Vec<RepairChange>,
 }
 
+/// Compares a cut with PostgreSQL: streams its per-customer rows against the cut's
+/// customers (taking them out of `cut`), then the closed days.
+pub async fn compare_cut(pg: &Postgres, cut: &mut Cut, samples: usize) -> Result<Tally, postgres::PgError> {
+    let cutoff_day = epoch_day(cut.cutoff);
+    let mut tally = Tally::new(samples);
+    {
+        let rows = pg.customers(cutoff_day);
+        futures::pin_mut!(rows);
+        while let Some((id, db)) = rows.try_next().await? {
+            tally.customers_in_postgres += 1;
+            let stream = cut.customers.remove(id.as_str());
+            tally.customer(&id, stream.as_ref(), Some(&db));
+        }
+    }
+    // What is left: customers the database has no row of before the cut.
+    for (id, stream) in cut.customers.drain() {
+        tally.customer(&id, Some(&stream), None);
+    }
+    let db_days: std::collections::BTreeMap<i32, Bucket> =
+        pg.days(cut.first_day, cutoff_day).await?.into_iter().collect();
+    for day in cut.first_day..cutoff_day {
+        tally.day(day, cut.days.get(&day), db_days.get(&day));
+    }
+    Ok(tally)
+}
+
 /// Runs reconciliations, one at a time.
 pub struct Reconciler {
     pg: Postgres,
@@ -185,28 +211,9 @@ impl Reconciler {
         report.cutoff = Some(cut.cutoff);
         report.days_from = Some(date_of(cut.first_day));
         report.customers_in_stream = cut.customers.len() as u64;
-        let cutoff_day = epoch_day(cut.cutoff);
 
-        let mut tally = Tally::new(self.config.samples);
-        {
-            let rows = self.pg.customers(cutoff_day);
-            futures::pin_mut!(rows);
-            while let Some((id, db)) = rows.try_next().await.map_err(|e| e.to_string())? {
-                report.customers_in_postgres += 1;
-                let stream = cut.customers.remove(id.as_str());
-                tally.customer(&id, stream.as_ref(), Some(&db));
-            }
-        }
-        // What is left: customers the database has no row of before the cut.
-        for (id, stream) in cut.customers.drain() {
-            tally.customer(&id, Some(&stream), None);
-        }
-        let db_days: std::collections::BTreeMap<i32, Bucket> =
-            self.pg.days(cut.first_day, cutoff_day).await.map_err(|e| e.to_string())?.into_iter().collect();
-        for day in cut.first_day..cutoff_day {
-            tally.day(day, cut.days.get(&day), db_days.get(&day));
-        }
-
+        let mut tally = compare_cut(&self.pg, &mut cut, self.config.samples).await.map_err(|e| e.to_string())?;
+        report.customers_in_postgres = tally.customers_in_postgres;
         report.customers_checked = tally.customers_checked;
         report.days_checked = tally.days_checked;
         for (kind, n) in &tally.counts {
