@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -82,15 +81,7 @@ struct Running {
 
 /// Starts `run --clock event` and waits until it has consumed `count` messages.
 async fn start_service(s: &Scenario, port: u16, count: usize) -> Running {
-    let log = std::env::temp_dir().join(format!("{}.log", s.database));
-    let child = s
-        .command(&["run", "--clock", "event"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let service = Service(child);
+    let (service, log) = s.spawn_run();
     let base = format!("http://127.0.0.1:{port}");
     let caught_up = eventually(Duration::from_secs(60), || async {
         let Some((200, text)) = get(&format!("{base}/metrics")).await else { return false };

@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{eventually, free_port, get, metric, recompute, Scenario, Service};
+use common::{eventually, free_port, get, metric, recompute, Scenario};
 use loadtest::{GenConfig, Generator, Label};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -27,17 +27,9 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
     let (first, second) = messages.split_at(1200);
     s.produce(first).await;
 
-    let log = std::env::temp_dir().join(format!("{}.log", s.database));
-    let child = s
-        .command(&["run", "--clock", "event"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut service, log) = s.spawn_run();
     let service_log =
         || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n");
-    let mut service = Service(child);
     let base = format!("http://127.0.0.1:{port}");
 
     // The view converges to the first part, then follows the second part live.

@@ -104,6 +104,19 @@ impl Scenario {
         out
     }
 
+    /// Spawns `martstream run --clock event`, logging at info to `<tmp>/<database>.log`.
+    pub fn spawn_run(&self) -> (Service, PathBuf) {
+        let log = std::env::temp_dir().join(format!("{}.log", self.database));
+        let child = self
+            .command(&["run", "--clock", "event"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (Service(child), log)
+    }
+
     pub fn create_topics(&self) {
         self.martstream(&["topics", "create"]);
     }
