@@ -221,6 +221,30 @@ and the per-day query (the least any comparison pays), best of two warm runs.
 `{env.get("RECON_CUT", "")}`
 `{env.get("RECON_LOAD", "")}`
 
+## What the numbers show (from profiling; written by hand, not measured by this script)
+
+- **Replay and steady state are bounded by the broker conversation, not by the engine.**
+  `perf record` of a 100k-event replay: librdkafka's broker thread (`rdk:broker1`) took 64%
+  of martstream's CPU samples, in its fetch loop (`rd_kafka_broker_fetch_toppars`, poll,
+  sendmsg, mutexes); the engine and pipeline threads 35%. noida-db, the Kafka-protocol
+  server these machines run instead of Apache Kafka, sat at 100% of a core for the whole
+  replay, and even an idle bare consumer costs it and the client about half a core: noida
+  answers every fetch at once (it ignores `fetch.wait.max.ms`), so librdkafka polls it in a
+  tight loop, and on 2 cores that leaves martstream 0.3 to 0.6 of a core. The replay time
+  does not move with the flush interval (one flush at the end: same time) nor without dead
+  letters, so neither MongoDB writes nor the DLQ explain it. Tried without effect:
+  `queued.min.messages=1000`, `fetch.queue.backoff.ms=50`, `fetch.message.max.bytes=1e9`,
+  `fetch.error.backoff.ms=10`, no sessions topic. The bare consumer escapes it by reading
+  the whole topic in one or two fetches. Not solved: the next step is the same run against
+  Apache Kafka, which is not installable from this kind's registries.
+- **Engine**: apply runs at 0.03× a hash-map count+sum and decode+apply at 0.3× a bare
+  serde_json parse. The profile's remaining costs: malloc/free (about 25%; a fact owns
+  three strings per line), attribute comparisons (memcmp), dedup horizon sweeps.
+- **Memory**: about 760 bytes of resident memory per customer against 80 in the snapshot:
+  the id as a boxed string in an index map, the customer record, three order-statistic
+  trees for the tie-aware quintiles, the dedup entries and the star schema's key maps. The
+  150-byte goal needs a denser layout (interned ids, one rank structure): not done.
+
 ## Commands
 
 ```sh
