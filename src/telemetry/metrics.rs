@@ -227,8 +227,8 @@ impl Default for Metrics {
     }
 }
 
-/// Resident set size, from /proc (Linux); `None` elsewhere.
-fn resident_bytes() -> Option<i64> {
+/// Resident set size of this process, from /proc (Linux); `None` elsewhere.
+pub fn resident_bytes() -> Option<i64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)

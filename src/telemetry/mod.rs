@@ -4,7 +4,7 @@ pub mod latency;
 pub mod metrics;
 
 pub use latency::Latency;
-pub use metrics::Metrics;
+pub use metrics::{resident_bytes, Metrics};
 
 use crate::config::{LogConfig, LogFormat};
 
