@@ -201,17 +201,13 @@ impl Engine {
         ViewChanges { rfm, rfm_deletes, products, trends, facts, sessions, dims, complete: full }
     }
 
-    pub fn open_events(&self) -> &OpenEvents {
-        &self.open
-    }
-
     /// The state's figures at `cutoff` (see [`super::reconcile`]): every customer with a
     /// figure before it, and the closed days `cutoff − days .. cutoff` the daily series holds.
     pub fn cut(&self, cutoff: NaiveDate, days: u32) -> Result<Cut, CutError> {
         let cutoff_day = epoch_day(cutoff);
         self.check_cut(cutoff)?;
         let cutoff_us = day_start_us(cutoff_day);
-        let after = self.open.after(cutoff_us, None);
+        let after = self.open.after(cutoff_us);
         let mut customers = FastMap::default();
         customers.reserve(self.rfm.customer_count());
         for (idx, id, c) in self.rfm.customers() {
@@ -262,24 +258,25 @@ impl Engine {
     ) -> Result<Vec<RepairChange>, CutError> {
         self.check_cut(cutoff)?;
         let cutoff_us = day_start_us(epoch_day(cutoff));
+        // What each customer's open events after the cut add: unchanged by the repairs.
+        let after = self.open.after(cutoff_us);
         let mut changes = Vec::new();
+        let mut last_before = FastMap::default();
         for (id, db) in customers {
-            let (idx, before) = match self.rfm.index_of(id) {
+            let (now, after) = match self.rfm.index_of(id) {
                 Some(idx) => {
-                    let after = self.open.after(cutoff_us, Some(idx)).get(&idx).copied().unwrap_or_default();
+                    let after = after.get(&idx).copied().unwrap_or_default();
                     let c = self.rfm.customer(id).expect("indexed customer");
-                    (Some(idx), (self.figures_at(idx, c, after, cutoff_us), after))
+                    (self.figures_at(idx, c, after, cutoff_us), after)
                 }
-                None => (None, (CustomerFigures::default(), AfterCut::default())),
+                None => (CustomerFigures::default(), AfterCut::default()),
             };
-            let (now, after) = before;
             let at = |us: Option<i64>| us.and_then(DateTime::from_timestamp_micros);
             let first = db.first_purchase_us.into_iter().chain(after.first_us).min();
             let last = db.last_purchase_us.into_iter().chain(after.last_us).max();
             let purchases = (db.purchases + after.purchases).max(0) as u32;
-            let idx2 = self.rfm.set_figures(id, purchases, db.monetary + after.cents, at(first).zip(at(last)));
-            debug_assert!(idx.is_none_or(|i| i == idx2));
-            self.open.repaired(idx2, cutoff_us, db.last_purchase_us);
+            let idx = self.rfm.set_figures(id, purchases, db.monetary + after.cents, at(first).zip(at(last)));
+            last_before.insert(idx, db.last_purchase_us);
             changes.push(RepairChange {
                 scope: "customer",
                 key: id.clone(),
@@ -287,6 +284,7 @@ impl Engine {
                 after: customer_json(db),
             });
         }
+        self.open.repaired(cutoff_us, &last_before);
         for &(day, bucket) in days {
             if let Some(old) = self.trends.set_day(day, bucket) {
                 changes.push(RepairChange {

@@ -152,9 +152,9 @@ impl OpenEvents {
     }
 
     /// Per customer with open events: what those events add relative to `cutoff_us`.
-    pub fn after(&self, cutoff_us: i64, only: Option<u32>) -> FastMap<u32, AfterCut> {
+    pub fn after(&self, cutoff_us: i64) -> FastMap<u32, AfterCut> {
         let mut out: FastMap<u32, AfterCut> = FastMap::default();
-        for e in self.events.iter().filter(|e| only.is_none_or(|c| c == e.customer)) {
+        for e in &self.events {
             let a = out.entry(e.customer).or_default();
             if e.at_us >= cutoff_us {
                 a.cents += e.cents;
@@ -170,15 +170,24 @@ impl OpenEvents {
         out
     }
 
-    /// After a repair of `customer` at `cutoff_us`: its open events dated before the cut are
-    /// replaced by the database's figures, so they are dropped, and `last_before` becomes
-    /// its last purchase before the cut.
-    pub fn repaired(&mut self, customer: u32, cutoff_us: i64, last_before: Option<i64>) {
-        self.events.retain(|e| e.customer != customer || e.at_us >= cutoff_us);
-        if self.events.iter().any(|e| e.customer == customer && e.purchase) {
-            self.before.insert(customer, last_before);
-        } else {
-            self.before.remove(&customer);
+    /// After a repair at `cutoff_us` of the customers in `last_before` (index → its last
+    /// purchase before the cut, from the database): their open events dated before the cut
+    /// are replaced by the database's figures, so they are dropped (one pass for all), and
+    /// that last purchase is kept for those with an open purchase left.
+    pub fn repaired(&mut self, cutoff_us: i64, last_before: &FastMap<u32, Option<i64>>) {
+        self.events.retain(|e| e.at_us >= cutoff_us || !last_before.contains_key(&e.customer));
+        let open: FastSet<u32> = self
+            .events
+            .iter()
+            .filter(|e| e.purchase && last_before.contains_key(&e.customer))
+            .map(|e| e.customer)
+            .collect();
+        for (&customer, &last) in last_before {
+            if open.contains(&customer) {
+                self.before.insert(customer, last);
+            } else {
+                self.before.remove(&customer);
+            }
         }
     }
 }
@@ -389,7 +398,7 @@ mod tests {
         assert_eq!(o.len(), 2);
         assert_eq!(o.last_before_horizon(0), Some(Some(at(1, 9).timestamp_micros())));
         let cut = day_start_us(epoch_day(at(10, 0).date_naive()));
-        let a = o.after(cut, None)[&0];
+        let a = o.after(cut)[&0];
         assert_eq!((a.purchases, a.cents), (1, 500));
         assert_eq!(a.last_before_us, None);
         // A late purchase before the horizon moves the kept "last before".
