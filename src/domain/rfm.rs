@@ -244,7 +244,9 @@ impl RfmState {
 
     /// A customer's document as the views show it: as of the last flush, with the figures
     /// applied since (scored against the last flush's boundaries until the next flush).
-    /// Equal to the MongoDB document whenever the customer has no unflushed event. `None`
+    /// Equal to the MongoDB document whenever the customer has no unflushed event, except
+    /// `analysis_date`: the last flush's `as_of` here, the `as_of` of the flush that last
+    /// rewrote it there (the figures are the same at both). `None`
     /// for an unknown or refund-only customer, or before the first flush.
     pub fn view(&self, id: &str) -> Option<RfmDoc> {
         let mark = self.last_flush?;
