@@ -207,13 +207,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             let plan = Plan { start, as_of, service: false, rate: args.rate, dims_from };
             let s = consume(&config, plan).await?;
             println!(
-                "replayed {} messages: {} applied, {} duplicates, {} dead-lettered; wrote {} documents; as_of {}",
+                "replayed {} messages: {} applied, {} duplicates, {} dead-lettered; wrote {} documents; as_of {}; read in {:.1} s, then {:.1} s for the last writes",
                 s.consumed,
                 s.applied,
                 s.duplicates,
                 s.dead_lettered,
                 s.documents_written,
-                s.as_of.map_or("-".into(), |t| t.to_rfc3339())
+                s.as_of.map_or("-".into(), |t| t.to_rfc3339()),
+                s.reading.as_secs_f64(),
+                s.draining.as_secs_f64()
             );
             if args.swap {
                 let shadow = MongoSink::connect(&config.mongo).await?;

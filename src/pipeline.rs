@@ -81,6 +81,9 @@ pub struct Summary {
     pub documents_written: u64,
     pub as_of: Option<DateTime<Utc>>,
     pub positions: BTreeMap<TopicPartition, i64>,
+    /// Time spent reading to the end, then waiting for the last writes and the snapshot.
+    pub reading: Duration,
+    pub draining: Duration,
 }
 
 /// What an input topic carries, and where its rejects go.
@@ -475,6 +478,7 @@ impl Pipeline {
             }
         }
 
+        worker.summary.reading = started.elapsed();
         worker.settle_dead_letters().await;
         // The last flush: waits for room, then for the sink to drain.
         if let Some(as_of) = worker.cadence.as_of.at(&worker.engine) {
@@ -495,6 +499,7 @@ impl Pipeline {
         worker.update_gauges();
         source.commit_for_monitoring(&worker.positions);
         worker.summary.positions = worker.positions.clone();
+        worker.summary.draining = started.elapsed() - worker.summary.reading;
         worker.summary
     }
 }

@@ -1,11 +1,15 @@
-//! The MongoDB sink. Writes are batched `update` commands of many upsert statements
-//! (`ordered: false`), each replacing a whole document by its natural `_id`: re-applying a
-//! flush after a crash converges to the same documents. (`Client::bulk_write` would need
-//! server 8.0; this works on 6.0 and 7.0.)
+//! The MongoDB sink. View and dimension documents are written by batched `update`
+//! commands of upsert statements (`ordered: false`), each replacing a whole document by its
+//! natural `_id`; facts, which never change once written, by batched `insert`s whose
+//! duplicate-key errors are ignored. Either way re-applying a flush after a crash converges
+//! to the same documents. Collections are written concurrently (facts after dimensions), a
+//! few batches in flight each. (`Client::bulk_write` would need server 8.0; this works on
+//! 6.0 and 7.0.)
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
@@ -40,6 +44,9 @@ pub enum SinkError {
 pub struct WriteStats {
     pub per_collection: Vec<(&'static str, usize)>,
 }
+
+/// Batches of one collection sent at once (the server works on them in parallel).
+const BATCHES_IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 pub struct MongoSink {
@@ -114,48 +121,53 @@ impl MongoSink {
     }
 
     /// Writes every changed document of one flush.
-    pub async fn write(&self, changes: &ViewChanges, written_at: DateTime<Utc>) -> Result<WriteStats, SinkError> {
+    pub async fn write<'a>(
+        &'a self,
+        changes: &'a ViewChanges,
+        written_at: DateTime<Utc>,
+    ) -> Result<WriteStats, SinkError> {
         let rfm: Vec<(Bson, Document)> = changes.rfm.iter().map(|d| documents::rfm(d, written_at)).collect();
         let products: Vec<(Bson, Document)> =
             changes.products.upserts.iter().map(|d| documents::product(d, written_at)).collect();
         let trends: Vec<(Bson, Document)> =
             changes.trends.upserts.iter().map(|d| documents::trend(d, written_at)).collect();
-        let mut stats = WriteStats::default();
-        let n = self.delete(CUSTOMER_RFM, &changes.rfm_deletes).await? + self.upsert(CUSTOMER_RFM, rfm).await?;
-        stats.per_collection.push((CUSTOMER_RFM, n));
-        let n = self.delete(PRODUCT_PERFORMANCE, &changes.products.deletes).await?
-            + self.upsert(PRODUCT_PERFORMANCE, products).await?;
-        stats.per_collection.push((PRODUCT_PERFORMANCE, n));
-        let n = self.delete(SALES_TRENDS, &changes.trends.deletes).await? + self.upsert(SALES_TRENDS, trends).await?;
-        stats.per_collection.push((SALES_TRENDS, n));
-        if changes.complete {
-            // Everything in these views was just written with this stamp: anything else is stale.
-            let stale = doc! { "updated_at": { "$ne": documents::date(written_at) } };
-            for collection in [PRODUCT_PERFORMANCE, SALES_TRENDS] {
-                let statement = doc! { "q": stale.clone(), "limit": 0 };
-                self.write_command(collection, "delete", "deletes", vec![statement]).await?;
+        // The views and the dimensions are independent; the facts come after the dimensions,
+        // so that a fact's keys always resolve. Collections are written concurrently.
+        let complete = changes.complete;
+        let view = |name: &'static str, deletes: &'a [String], upserts: Vec<(Bson, Document)>| async move {
+            let n = self.delete(name, deletes).await? + self.upsert(name, upserts).await?;
+            if complete && name != CUSTOMER_RFM {
+                // Everything in this view was just written with this stamp: anything else is stale.
+                let stale = doc! { "q": { "updated_at": { "$ne": documents::date(written_at) } }, "limit": 0 };
+                self.write_command(name, "delete", "deletes", vec![stale]).await?;
             }
-        }
-
-        // Dimensions before facts, so that a fact's keys always resolve.
+            Ok::<_, SinkError>((name, n))
+        };
         let d = &changes.dims;
-        let n = self.upsert(DIM_PRODUCT, d.products.iter().map(documents::dim_product).collect()).await?;
-        stats.per_collection.push((DIM_PRODUCT, n));
-        let n = self.upsert(DIM_CUSTOMER, d.customers.iter().map(documents::dim_customer).collect()).await?;
-        stats.per_collection.push((DIM_CUSTOMER, n));
-        let n = self
-            .upsert(DIM_LOCATION, d.locations.iter().map(|(k, l)| documents::dim_location(*k, l)).collect())
-            .await?;
-        stats.per_collection.push((DIM_LOCATION, n));
-        let n = self.upsert(DIM_DATE, d.dates.iter().map(|x| documents::dim_date(*x)).collect()).await?;
-        stats.per_collection.push((DIM_DATE, n));
+        let dims = |name: &'static str, docs: Vec<(Bson, Document)>| async move {
+            Ok::<_, SinkError>((name, self.upsert(name, docs).await?))
+        };
+        let first = futures::future::try_join_all([
+            view(CUSTOMER_RFM, &changes.rfm_deletes, rfm).boxed(),
+            view(PRODUCT_PERFORMANCE, &changes.products.deletes, products).boxed(),
+            view(SALES_TRENDS, &changes.trends.deletes, trends).boxed(),
+            dims(DIM_PRODUCT, d.products.iter().map(documents::dim_product).collect()).boxed(),
+            dims(DIM_CUSTOMER, d.customers.iter().map(documents::dim_customer).collect()).boxed(),
+            dims(DIM_LOCATION, d.locations.iter().map(|(k, l)| documents::dim_location(*k, l)).collect()).boxed(),
+            dims(DIM_DATE, d.dates.iter().map(|x| documents::dim_date(*x)).collect()).boxed(),
+        ])
+        .await?;
         let (sales, returns): (Vec<_>, Vec<_>) = changes.facts.iter().partition(|f| f.kind == EventKind::Purchase);
-        let n = self.upsert(FACT_SALES, sales.into_iter().map(documents::fact).collect()).await?;
-        stats.per_collection.push((FACT_SALES, n));
-        let n = self.upsert(FACT_RETURNS, returns.into_iter().map(documents::fact).collect()).await?;
-        stats.per_collection.push((FACT_RETURNS, n));
-        let n = self.upsert(FACT_CUSTOMER_SESSIONS, changes.sessions.iter().map(documents::session).collect()).await?;
-        stats.per_collection.push((FACT_CUSTOMER_SESSIONS, n));
+        let facts = futures::future::try_join_all([
+            self.insert_facts(FACT_SALES, sales.into_iter().map(documents::fact).collect()).boxed(),
+            self.insert_facts(FACT_RETURNS, returns.into_iter().map(documents::fact).collect()).boxed(),
+            self.insert_facts(FACT_CUSTOMER_SESSIONS, changes.sessions.iter().map(documents::session).collect())
+                .boxed(),
+        ])
+        .await?;
+        let mut stats = WriteStats::default();
+        stats.per_collection.extend(first);
+        stats.per_collection.extend(facts);
         Ok(stats)
     }
 
@@ -261,8 +273,21 @@ impl MongoSink {
         self.write_command(collection, "update", "updates", statements).await
     }
 
-    /// Runs a write command (`update`/`delete`) over the statements in unordered batches of
-    /// `write_batch_size`; any write error or write-concern error fails the whole call.
+    /// Inserts facts (documents with an `_id`). A fact never changes once written, so one
+    /// already there (an earlier try of this flush, or a replay into the same database) is
+    /// fine: its duplicate-key error is ignored. Cheaper for the server than an upsert.
+    async fn insert_facts(
+        &self,
+        collection: &'static str,
+        docs: Vec<(Bson, Document)>,
+    ) -> Result<(&'static str, usize), SinkError> {
+        let statements = docs.into_iter().map(|(_, body)| body).collect(); // bodies carry their _id
+        Ok((collection, self.write_command(collection, "insert", "documents", statements).await?))
+    }
+
+    /// Runs a write command (`update`/`delete`/`insert`) over the statements in unordered
+    /// batches of `write_batch_size`, a few batches in flight at once; any write error
+    /// (except an insert's duplicate key) or write-concern error fails the whole call.
     async fn write_command(
         &self,
         collection: &str,
@@ -270,22 +295,32 @@ impl MongoSink {
         list: &str,
         statements: Vec<Document>,
     ) -> Result<usize, SinkError> {
+        use futures::{StreamExt, TryStreamExt};
         let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
-        for chunk in statements.chunks(self.batch_size) {
-            let reply = self
-                .db
-                .run_command(doc! { command: collection, list: chunk, "ordered": false })
-                .await
-                .map_err(|e| fail(first_line(&e)))?;
-            if let Ok(errors) = reply.get_array("writeErrors") {
-                let first =
-                    errors.first().and_then(Bson::as_document).and_then(|d| d.get_str("errmsg").ok()).unwrap_or("?");
-                return Err(fail(format!("{} of {} statements failed, first: {first}", errors.len(), chunk.len())));
+        let batch = |chunk: &[Document]| {
+            let command = doc! { command: collection, list: chunk, "ordered": false };
+            async move {
+                let reply = self.db.run_command(command).await.map_err(|e| fail(first_line(&e)))?;
+                if let Ok(errors) = reply.get_array("writeErrors") {
+                    let already_there = |e: &Bson| {
+                        list == "documents" && e.as_document().and_then(|d| d.get_i32("code").ok()) == Some(11000)
+                    };
+                    let failed: Vec<&Bson> = errors.iter().filter(|e| !already_there(e)).collect();
+                    if let Some(first) = failed.first() {
+                        let first = first.as_document().and_then(|d| d.get_str("errmsg").ok()).unwrap_or("?");
+                        return Err(fail(format!("{} statements failed, first: {first}", failed.len())));
+                    }
+                }
+                if let Ok(wc) = reply.get_document("writeConcernError") {
+                    return Err(fail(format!("write concern: {}", wc.get_str("errmsg").unwrap_or("?"))));
+                }
+                Ok(())
             }
-            if let Ok(wc) = reply.get_document("writeConcernError") {
-                return Err(fail(format!("write concern: {}", wc.get_str("errmsg").unwrap_or("?"))));
-            }
-        }
+        };
+        futures::stream::iter(statements.chunks(self.batch_size).map(batch))
+            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await?;
         Ok(statements.len())
     }
 }
