@@ -89,6 +89,9 @@ const PLACES: [(&str, &str, &str); 5] = [
 ];
 /// Resends pick among this many latest valid events.
 const RESEND_WINDOW: usize = 300;
+/// How many purchases refunds pick from at most (about 1 KiB each): a 10M-event run kept
+/// every one and ran out of memory; runs with fewer purchases are unchanged.
+const REFUNDABLE: usize = 250_000;
 
 pub const MALFORMED_REASONS: [&str; 7] = [
     "invalid_json",
@@ -114,8 +117,13 @@ pub struct Generator {
     cfg: GenConfig,
     rng: ChaCha8Rng,
     made: usize,
+    /// Purchases that refunds may pick: all of them up to `REFUNDABLE`, then a ring of that
+    /// many (memory stays bounded on long runs; shorter runs are unchanged).
     purchases: Vec<Purchase>,
-    valid: Vec<Value>,
+    purchases_made: usize,
+    /// The last `RESEND_WINDOW` valid events (what resends pick), and how many there were.
+    valid: std::collections::VecDeque<Value>,
+    valid_made: usize,
     prices: Vec<i64>,
     malformed_next: usize,
 }
@@ -124,7 +132,17 @@ impl Generator {
     pub fn new(cfg: GenConfig) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let prices = (0..cfg.products).map(|_| rng.gen_range(199..99_999)).collect();
-        Generator { cfg, rng, made: 0, purchases: Vec::new(), valid: Vec::new(), prices, malformed_next: 0 }
+        Generator {
+            cfg,
+            rng,
+            made: 0,
+            purchases: Vec::new(),
+            purchases_made: 0,
+            valid: Default::default(),
+            valid_made: 0,
+            prices,
+            malformed_next: 0,
+        }
     }
 
     /// Index in `0..n`, skewed towards 0: a few hot customers and products.
@@ -246,8 +264,26 @@ impl Generator {
     /// One of the last few hundred valid events: producers resend soon after a send, well
     /// within martstream's dedup horizon.
     fn recent_valid(&mut self) -> Value {
-        let n = self.valid.len();
-        self.valid[self.rng.gen_range(n.saturating_sub(RESEND_WINDOW)..n)].clone()
+        let n = self.valid_made;
+        let i = self.rng.gen_range(n.saturating_sub(RESEND_WINDOW)..n);
+        self.valid[i - (n - self.valid.len())].clone()
+    }
+
+    fn remember_valid(&mut self, v: Value) {
+        if self.valid.len() == RESEND_WINDOW {
+            self.valid.pop_front();
+        }
+        self.valid.push_back(v);
+        self.valid_made += 1;
+    }
+
+    fn remember_purchase(&mut self, p: Purchase) {
+        if self.purchases.len() < REFUNDABLE {
+            self.purchases.push(p);
+        } else {
+            self.purchases[self.purchases_made % REFUNDABLE] = p;
+        }
+        self.purchases_made += 1;
     }
 
     fn message(&mut self, value: &Value, pretty: bool, t: DateTime<Utc>, label: Label) -> Message {
@@ -294,7 +330,7 @@ impl Iterator for Generator {
             match self.refund(t) {
                 Some(v) => {
                     let ts: DateTime<Utc> = v["timestamp"].as_str().unwrap().parse().unwrap();
-                    self.valid.push(v.clone());
+                    self.remember_valid(v.clone());
                     self.message(&v, false, sent.max(ts), Label::Valid)
                 }
                 None => return self.next(),
@@ -302,8 +338,8 @@ impl Iterator for Generator {
         } else {
             let p = self.purchase(t);
             let v = p.value.clone();
-            self.purchases.push(p);
-            self.valid.push(v.clone());
+            self.remember_purchase(p);
+            self.remember_valid(v.clone());
             self.message(&v, false, sent, Label::Valid)
         };
         self.made += 1;
