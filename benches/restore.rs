@@ -3,6 +3,9 @@
 //! For each size: build the state in memory by applying purchases (1.2 per customer, 1–3
 //! lines, 1,000 products, 90 days), flush it, then time
 //! - `snapshot`: encode + atomic write with fsync (what the service does every interval);
+//! - the worker's stall to capture one: the service encodes on the worker at a flush
+//!   boundary and writes off it (issue 13), so the stall is the encode alone; cloning the
+//!   engine (the alternative: encode on another thread) is timed beside it;
 //! - `restore`: read the newest snapshot, verify its checksum, decode it into an engine;
 //! - baselines from the same run: reading the file's bytes alone (the I/O floor), and
 //!   rebuilding the same state by re-applying the already-decoded events (what a start
@@ -89,8 +92,8 @@ fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![100_000, 1_000_000, 5_000_000] } else { sizes };
     let dir = tempfile::tempdir().unwrap();
-    println!("| customers | events | snapshot size | snapshot bytes/customer | snapshot (encode+fsync) | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up | engine RSS bytes/customer |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| customers | events | snapshot size | snapshot bytes/customer | snapshot (encode+fsync) | capture stall (encode) | clone instead | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up | engine RSS bytes/customer |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for customers in sizes {
         let events = events(customers);
         let rss_before = rss_mib();
@@ -107,10 +110,14 @@ fn main() {
         };
         let t = Instant::now();
         let bytes = encode(&meta, &engine);
+        let stall = secs(t);
         let path = store.save(&bytes).unwrap();
         let snapshot = secs(t);
         let size = bytes.len();
-        drop((bytes, engine));
+        let t = Instant::now();
+        let copy = engine.clone();
+        let clone = secs(t);
+        drop((bytes, engine, copy));
         let t = Instant::now();
         let raw = std::fs::read(&path).unwrap();
         let read = secs(t);
@@ -122,7 +129,7 @@ fn main() {
         let restored = found.unwrap().1.engine;
         assert_eq!(restored.rfm().customer_count(), customers);
         println!(
-            "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× | {:.0} |",
+            "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {stall:.3} s | {clone:.3} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× | {:.0} |",
             events.len(),
             size as f64 / 1048576.0,
             size as f64 / customers as f64,

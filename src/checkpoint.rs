@@ -1,11 +1,22 @@
-//! Checkpointing: when to take a snapshot of the running state, writing it off the hot
-//! path, and restoring the newest usable one at start.
+//! Checkpointing: aligned snapshots of the running state, written off the hot path, and the
+//! restore at start.
 //!
-//! A snapshot is only taken while the sink has written every flush handed to it, so the
-//! state it records is "what MongoDB holds, plus changes not flushed yet" (those are in the
-//! engine's dirty sets and pending facts, which the snapshot keeps). After a restore, the
-//! first flush is complete (every view document rewritten, stale ones removed): flushes
-//! written after the snapshot may have left documents the restored state does not know of.
+//! The protocol (Flink's aligned checkpoints, with the sink's flushes as the barriers):
+//! 1. *Capture* at a flush boundary: right after the worker handed flush `seq` to the sink,
+//!    it settles its dead letters and encodes the engine with the positions it has read to.
+//!    The state then is "every flush up to `seq`, plus changes not flushed yet" (those stay
+//!    in the engine's dirty sets and pending facts, which the snapshot keeps). Consumption
+//!    goes on at once; the worker stalls only for the encode.
+//! 2. *Persist* as soon as MongoDB acknowledged flush `seq` (and so every one before it: the
+//!    sink writes them in order): the bytes go to the store on a blocking thread. No waiting
+//!    for an idle sink, so snapshots keep coming while a backlog is written.
+//! 3. A restored state is behind what MongoDB may hold (flushes acknowledged after the
+//!    snapshot was captured); the views converge once the backlog is read again (see
+//!    `pipeline`), and every write is idempotent.
+//!
+//! One capture waits at a time; the first of a life is due at once, later ones every
+//! `snapshot.interval_ms`. At shutdown the last flush is captured too, and whichever capture
+//! MongoDB acknowledged last is persisted.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,11 +36,24 @@ use crate::telemetry::Metrics;
 pub struct Written {
     pub path: PathBuf,
     pub bytes: usize,
+    /// Encode (on the worker) plus the durable write.
     pub took: Duration,
     pub taken_at_ms: i64,
+    /// Next offset per (topic, partition) it records.
+    pub positions: Vec<(String, i32, i64)>,
 }
 
-/// Takes snapshots of the worker's state at an interval, one at a time.
+/// A state captured at a flush boundary, waiting for MongoDB to acknowledge that flush.
+struct Capture {
+    /// The flush it follows: persisted once the sink acknowledged this many flushes.
+    seq: u64,
+    bytes: Vec<u8>,
+    encode: Duration,
+    taken_at_ms: i64,
+    positions: Vec<(String, i32, i64)>,
+}
+
+/// Captures and persists snapshots of the worker's state, one at a time.
 pub struct Checkpointer {
     store: SnapshotStore,
     database: String,
@@ -37,10 +61,14 @@ pub struct Checkpointer {
     /// Input topic names, by source topic index.
     topics: Vec<String>,
     every: Duration,
-    last_at: Instant,
-    /// Positions of the newest snapshot (taken or restored): nothing new, no snapshot.
+    /// The last capture of this life; none yet: the next flush boundary captures.
+    last_at: Option<Instant>,
+    /// Positions of the newest capture (or restore): nothing new, no snapshot.
     last_positions: Option<BTreeMap<TopicPartition, i64>>,
     newest_taken_at_ms: Option<i64>,
+    /// Captures whose flush MongoDB has not acknowledged yet, oldest first (at most one,
+    /// and the last flush's at shutdown).
+    waiting: Vec<Capture>,
     in_flight: Option<JoinHandle<Result<Written, SnapshotError>>>,
     metrics: Metrics,
 }
@@ -59,68 +87,100 @@ impl Checkpointer {
             views,
             topics,
             every,
-            last_at: Instant::now(),
+            last_at: None,
             last_positions: None,
             newest_taken_at_ms: None,
+            waiting: Vec::new(),
             in_flight: None,
             metrics,
         }
     }
 
-    /// The state was restored from a snapshot taken then.
-    pub fn restored(&mut self, taken_at_ms: i64) {
+    /// The state was restored from a snapshot taken then, at these positions.
+    pub fn restored(&mut self, taken_at_ms: i64, positions: BTreeMap<TopicPartition, i64>) {
         self.newest_taken_at_ms = Some(taken_at_ms);
+        self.export_positions(&self.named(&positions));
+        self.last_positions = Some(positions);
         self.metrics.snapshot_last_success.set(taken_at_ms / 1000);
     }
 
-    /// Whether a snapshot is due: the interval passed, something was consumed since the last
-    /// one, and none is being written.
+    fn named(&self, positions: &BTreeMap<TopicPartition, i64>) -> Vec<(String, i32, i64)> {
+        positions.iter().map(|(&(t, p), &o)| (self.topics[t].clone(), p, o)).collect()
+    }
+
+    fn export_positions(&self, positions: &[(String, i32, i64)]) {
+        for (topic, partition, offset) in positions {
+            self.metrics.snapshot_positions.with_label_values(&[topic, &partition.to_string()]).set(*offset);
+        }
+    }
+
+    /// Whether a capture is due at this flush boundary: none waits or is being written,
+    /// the interval passed (or none was taken in this life), and something was read since.
     pub fn due(&self, positions: &BTreeMap<TopicPartition, i64>) -> bool {
-        self.in_flight.is_none()
-            && self.last_at.elapsed() >= self.every
+        self.waiting.is_empty()
+            && self.in_flight.is_none()
+            && self.last_at.is_none_or(|t| t.elapsed() >= self.every)
             && self.last_positions.as_ref() != Some(positions)
     }
 
-    /// Encodes the state now (it must be consistent with MongoDB: the sink idle) and writes
-    /// it durably on a blocking thread.
-    fn spawn_write(
-        &self,
-        engine: &Engine,
-        positions: &BTreeMap<TopicPartition, i64>,
-    ) -> JoinHandle<Result<Written, SnapshotError>> {
+    /// Encodes the state now, right after flush `seq` was handed to the sink (every dead
+    /// letter before `positions` confirmed by the broker); persisted once `seq` is acknowledged.
+    pub fn capture(&mut self, engine: &Engine, positions: &BTreeMap<TopicPartition, i64>, seq: u64) {
         let started = Instant::now();
         let taken_at_ms = chrono::Utc::now().timestamp_millis();
         let meta = SnapshotMeta {
             taken_at_ms,
             database: self.database.clone(),
-            positions: positions.iter().map(|(&(t, p), &o)| (self.topics[t].clone(), p, o)).collect(),
+            positions: self.named(positions),
             views: self.views.clone(),
         };
         let bytes = encode(&meta, engine);
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let path = store.save(&bytes)?;
-            Ok(Written { path, bytes: bytes.len(), took: started.elapsed(), taken_at_ms })
-        })
-    }
-
-    /// Starts a snapshot; the consumer goes on while it is written.
-    pub fn start(&mut self, engine: &Engine, positions: &BTreeMap<TopicPartition, i64>) {
-        self.in_flight = Some(self.spawn_write(engine, positions));
-        self.last_at = Instant::now();
+        let encode = started.elapsed();
+        self.metrics.snapshot_capture_stall.observe(encode.as_secs_f64());
+        tracing::debug!(seq, bytes = bytes.len(), stall_ms = encode.as_millis() as u64, "state captured");
+        self.waiting.push(Capture { seq, bytes, encode, taken_at_ms, positions: meta.positions });
+        self.last_at = Some(Instant::now());
         self.last_positions = Some(positions.clone());
     }
 
-    /// Records a finished background write, if any; keeps the snapshot-age gauge current.
-    pub async fn poll(&mut self) {
+    /// Records a finished write; starts writing the newest capture MongoDB has caught up with
+    /// (`acked` flushes acknowledged); keeps the snapshot-age gauge current.
+    pub async fn poll(&mut self, acked: u64) {
         if self.in_flight.as_ref().is_some_and(JoinHandle::is_finished) {
-            let handle = self.in_flight.take().expect("checked");
-            let result = handle.await.unwrap_or_else(|e| Err(SnapshotError::Io(format!("snapshot task failed: {e}"))));
-            self.record(result);
+            self.wait_write().await;
+        }
+        if self.in_flight.is_none() {
+            if let Some(capture) = self.take_acknowledged(acked) {
+                self.in_flight = Some(self.spawn_write(capture));
+            }
         }
         if let Some(t) = self.newest_taken_at_ms {
             let age = (chrono::Utc::now().timestamp_millis() - t) as f64 / 1000.0;
             self.metrics.snapshot_age.set(age.max(0.0));
+        }
+    }
+
+    /// The newest waiting capture whose flush is acknowledged; older ones are dropped.
+    fn take_acknowledged(&mut self, acked: u64) -> Option<Capture> {
+        let n = self.waiting.iter().rposition(|c| c.seq <= acked)? + 1;
+        self.waiting.drain(..n).last()
+    }
+
+    fn spawn_write(&self, capture: Capture) -> JoinHandle<Result<Written, SnapshotError>> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let path = store.save(&capture.bytes)?;
+            let took = capture.encode + started.elapsed();
+            let Capture { bytes, taken_at_ms, positions, .. } = capture;
+            Ok(Written { path, bytes: bytes.len(), took, taken_at_ms, positions })
+        })
+    }
+
+    async fn wait_write(&mut self) {
+        if let Some(handle) = self.in_flight.take() {
+            let result = handle.await.unwrap_or_else(|e| Err(SnapshotError::Io(format!("snapshot task failed: {e}"))));
+            self.record(result);
         }
     }
 
@@ -132,6 +192,7 @@ impl Checkpointer {
                 self.metrics.snapshot_size.set(w.bytes as i64);
                 self.metrics.snapshot_last_success.set(w.taken_at_ms / 1000);
                 self.newest_taken_at_ms = Some(w.taken_at_ms);
+                self.export_positions(&w.positions);
                 info!(path = %w.path.display(), bytes = w.bytes, took_ms = w.took.as_millis() as u64, "snapshot written");
             }
             Err(e) => {
@@ -143,19 +204,23 @@ impl Checkpointer {
         }
     }
 
-    /// At shutdown, after the last flush reached MongoDB: waits for a write in progress,
-    /// then writes a final snapshot unless nothing changed since the newest.
-    pub async fn finish(&mut self, engine: &Engine, positions: &BTreeMap<TopicPartition, i64>) {
-        if let Some(handle) = self.in_flight.take() {
-            let result = handle.await.unwrap_or_else(|e| Err(SnapshotError::Io(format!("snapshot task failed: {e}"))));
+    /// At shutdown, once the sink stopped (`acked` flushes acknowledged, every one or as many
+    /// as MongoDB took within the timeout): waits for a write in progress, then persists the
+    /// newest capture MongoDB caught up with. Returns the seq of the capture not persisted
+    /// because its flush was not acknowledged, if any.
+    pub async fn finish(&mut self, acked: u64) -> Option<u64> {
+        self.wait_write().await;
+        if let Some(capture) = self.take_acknowledged(acked) {
+            let result = self.spawn_write(capture).await;
+            let result = result.unwrap_or_else(|e| Err(SnapshotError::Io(format!("snapshot task failed: {e}"))));
             self.record(result);
         }
-        if self.last_positions.as_ref() == Some(positions) {
-            return;
-        }
-        let result = self.spawn_write(engine, positions).await;
-        let result = result.unwrap_or_else(|e| Err(SnapshotError::Io(format!("snapshot task failed: {e}"))));
-        self.record(result);
+        self.waiting.last().map(|c| c.seq)
+    }
+
+    /// Whether this state is already captured (nothing read since the newest capture).
+    pub fn has(&self, positions: &BTreeMap<TopicPartition, i64>) -> bool {
+        self.last_positions.as_ref() == Some(positions)
     }
 }
 

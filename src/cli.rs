@@ -350,22 +350,23 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         if restored.is_none() {
             info!(dir = %store.dir().display(), "no snapshot: building the state from the beginning of the topics");
         }
-        let mut c = Checkpointer::new(
+        let c = Checkpointer::new(
             store,
             (config.mongo.database.clone(), config.views.clone()),
             source.topics.clone(),
             Duration::from_millis(config.snapshot.interval_ms),
             metrics.clone(),
         );
-        let was_restored = restored.is_some();
+        let mut restored_at = None;
         if let Some(r) = restored {
             engine = r.engine;
-            c.restored(r.taken_at_ms);
+            restored_at = Some(r.taken_at_ms);
             start = StartAt::Resume(r.positions);
         }
-        checkpoints = Some((c, was_restored));
+        checkpoints = Some((c, restored_at));
     }
-    let end = source.watermarks()?.into_iter().map(|(tp, (_, high))| (tp, high)).collect();
+    let end: std::collections::BTreeMap<_, _> =
+        source.watermarks()?.into_iter().map(|(tp, (_, high))| (tp, high)).collect();
     let positions = source.assign(&start).context("assigning partitions")?;
     health.set_partitions(positions.len());
     metrics.partitions_assigned.set(positions.len() as i64);
@@ -388,12 +389,20 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         },
         max_pending_facts: config.service.max_pending_facts,
         max_rate: rate,
+        shutdown_timeout: Duration::from_millis(config.service.shutdown_timeout_ms),
     };
     let keys = sink.preload_keys(engine.warehouse_mut()).await?;
     info!(keys, "surrogate keys loaded from the warehouse");
-    let mut worker = Worker::new(engine, dlq, (metrics, health), cadence, (inputs, positions));
-    if let Some((c, restored)) = checkpoints {
-        worker = worker.with_checkpoints(c, restored);
+    let mut worker = Worker::new(engine, dlq, (metrics, health), cadence, (inputs, positions.clone()));
+    if let Some((mut c, restored_at)) = checkpoints {
+        if let Some(taken_at_ms) = restored_at {
+            c.restored(taken_at_ms, positions);
+        }
+        worker = worker.with_checkpoints(c);
+    }
+    if service {
+        // Whatever this start began from, MongoDB may hold documents the state does not.
+        worker = worker.converge_after(end.clone(), config.service.ready_max_lag);
     }
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
     Ok(Pipeline { source, worker, queries, control }.run(sink, until, to_end, shutdown).await)

@@ -187,11 +187,16 @@ pub struct ServiceConfig {
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
     /// Consumption pauses while more facts than this wait for MongoDB (bounds memory during
-    /// an outage; the views themselves coalesce and need no bound).
+    /// an outage; the views themselves coalesce and need no bound). It also bounds one
+    /// flush, and so how long a snapshot waits for its flush's acknowledgement.
     pub max_pending_facts: usize,
     /// /readyz answers 503 while more messages than this wait to be read (over all input
     /// partitions): the views are too far behind to be called current.
     pub ready_max_lag: i64,
+    /// After SIGTERM/SIGINT, how long the last flush and snapshot may take before the
+    /// process exits 0 anyway (what MongoDB did not acknowledge is read again at the next
+    /// start). Orchestrators kill after a grace period: keep this below it.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for ServiceConfig {
@@ -202,8 +207,9 @@ impl Default for ServiceConfig {
             http_listen: "127.0.0.1:9464".into(),
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
-            max_pending_facts: 500_000,
+            max_pending_facts: 50_000,
             ready_max_lag: 100_000,
+            shutdown_timeout_ms: 25_000,
         }
     }
 }
@@ -323,8 +329,14 @@ impl Config {
         if !(1..=100_000).contains(&self.mongo.write_batch_size) {
             return bad("mongo.write_batch_size must be between 1 and 100000".into());
         }
-        if self.service.flush_interval_ms == 0 || self.service.retry_initial_ms == 0 {
-            return bad("service.flush_interval_ms and service.retry_initial_ms must be positive".into());
+        if self.service.flush_interval_ms == 0
+            || self.service.retry_initial_ms == 0
+            || self.service.shutdown_timeout_ms == 0
+        {
+            return bad(
+                "service.flush_interval_ms, service.retry_initial_ms and service.shutdown_timeout_ms must be positive"
+                    .into(),
+            );
         }
         if self.service.retry_max_ms < self.service.retry_initial_ms {
             return bad("service.retry_max_ms must be at least service.retry_initial_ms".into());

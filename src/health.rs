@@ -7,6 +7,8 @@ pub struct Health {
     state_ready: AtomicBool,
     partitions: AtomicUsize,
     mongo_ok: AtomicBool,
+    /// MongoDB holds a complete flush of the state since this start (see `pipeline`).
+    converged: AtomicBool,
     /// Messages not read yet, over every input partition.
     lag: AtomicI64,
     max_lag: i64,
@@ -25,6 +27,7 @@ pub struct Readiness {
     pub state_restored: bool,
     pub partitions_assigned: usize,
     pub mongo_reachable: bool,
+    pub views_converged: bool,
     pub lag_messages: i64,
     pub max_lag_messages: i64,
 }
@@ -36,6 +39,7 @@ impl Health {
             state_ready: AtomicBool::new(false),
             partitions: AtomicUsize::new(0),
             mongo_ok: AtomicBool::new(false),
+            converged: AtomicBool::new(true),
             lag: AtomicI64::new(0),
             max_lag,
         }
@@ -52,13 +56,22 @@ impl Health {
     pub fn set_mongo_ok(&self, v: bool) {
         self.mongo_ok.store(v, Ordering::Relaxed);
     }
+    pub fn set_converged(&self, v: bool) {
+        self.converged.store(v, Ordering::Relaxed);
+    }
     pub fn readiness(&self) -> Readiness {
         let state_restored = self.state_ready.load(Ordering::Relaxed);
         let partitions_assigned = self.partitions.load(Ordering::Relaxed);
         let mongo_reachable = self.mongo_ok.load(Ordering::Relaxed);
+        let views_converged = self.converged.load(Ordering::Relaxed);
         let lag_messages = self.lag.load(Ordering::Relaxed);
         Readiness {
-            ready: state_restored && partitions_assigned > 0 && mongo_reachable && lag_messages <= self.max_lag,
+            ready: state_restored
+                && partitions_assigned > 0
+                && mongo_reachable
+                && views_converged
+                && lag_messages <= self.max_lag,
+            views_converged,
             state_restored,
             partitions_assigned,
             mongo_reachable,

@@ -5,6 +5,19 @@
 //! The sink runs in its own task with at most one flush queued. While it is busy or MongoDB
 //! is down (it retries with backoff), consumption goes on and changes coalesce inside the
 //! engine's dirty sets, so memory is bounded by the state, not by the outage's length.
+//!
+//! Every flush handed to the sink has a sequence number; the sink acknowledges them in
+//! order. Snapshots are captured at flush boundaries and persisted once their flush is
+//! acknowledged (see [`crate::checkpoint`]).
+//!
+//! Convergence: whatever a start begins from (nothing, or a snapshot older than what
+//! MongoDB holds), MongoDB may hold view documents the state does not know of. Once the
+//! backlog present at start is read (to within `service.ready_max_lag`), one complete flush
+//! rewrites every view document and removes the others; /readyz waits for it.
+//!
+//! Shutdown is bounded by `service.shutdown_timeout_ms`: the last flush is handed over and
+//! waited for until then; the snapshot persisted is the newest whose flush MongoDB
+//! acknowledged, so nothing is lost when MongoDB was too slow to take the rest.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +114,8 @@ pub enum InputKind {
 
 /// One flush on its way to the sink.
 struct Batch {
+    /// 1, 2, …: the sink acknowledges batches in this order.
+    seq: u64,
     changes: ViewChanges,
     /// Message timestamps (ms) of the events it carries, for the end-to-end latency.
     produced_ms: Vec<i64>,
@@ -125,6 +140,41 @@ pub struct Cadence {
     pub max_pending_facts: usize,
     /// Messages per second at most (a gentle backfill); `None`: as fast as it goes.
     pub max_rate: Option<u32>,
+    /// After a shutdown signal, how long the last flush and snapshot may take.
+    pub shutdown_timeout: Duration,
+}
+
+/// Whether MongoDB's views have been brought in line with the state since this start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Convergence {
+    /// A complete flush is due once every partition's position is within `slack` messages
+    /// (in all) of where the topic ended at start.
+    Pending { backlog_end: BTreeMap<TopicPartition, i64>, slack: i64 },
+    /// The complete flush went to the sink as this batch.
+    Sent(u64),
+    /// MongoDB acknowledged it (or nothing to converge: `replay` ends with a complete flush).
+    Done,
+}
+
+impl Convergence {
+    fn due(&self, positions: &BTreeMap<TopicPartition, i64>) -> bool {
+        match self {
+            Convergence::Pending { backlog_end, slack } => {
+                let behind: i64 =
+                    backlog_end.iter().map(|(tp, &end)| (end - positions.get(tp).copied().unwrap_or(0)).max(0)).sum();
+                behind <= *slack
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the sink task reports to the worker.
+#[derive(Default)]
+struct SinkProgress {
+    /// Batches MongoDB acknowledged (they are written in order, so: up to this seq).
+    acked: AtomicU64,
+    documents: AtomicU64,
 }
 
 /// Everything the loop mutates, apart from the consumer that lends out messages.
@@ -143,9 +193,8 @@ pub struct Worker {
     late_exported: [u64; 2],
     /// Snapshots (`run`); none for `replay`.
     checkpoints: Option<Checkpointer>,
-    /// The next flush must be complete: the state was restored from a snapshot.
-    complete_next: bool,
-    /// Batches handed to the sink.
+    convergence: Convergence,
+    /// Batches handed to the sink (the seq of the newest).
     sent: u64,
     /// The last flushed windowed views, for queries.
     mirror: Mirror,
@@ -174,7 +223,7 @@ impl Worker {
             summary: Summary::default(),
             late_exported: [0; 2],
             checkpoints: None,
-            complete_next: false,
+            convergence: Convergence::Done,
             sent: 0,
             mirror: Mirror::default(),
             produced_ms: Vec::new(),
@@ -182,24 +231,45 @@ impl Worker {
         }
     }
 
-    /// Takes snapshots with `checkpoints`; `restored`: the engine came from one, so the
-    /// first flush rewrites every view document.
-    pub fn with_checkpoints(mut self, checkpoints: Checkpointer, restored: bool) -> Self {
+    /// Takes snapshots with `checkpoints`.
+    pub fn with_checkpoints(mut self, checkpoints: Checkpointer) -> Self {
         self.checkpoints = Some(checkpoints);
-        self.complete_next = restored;
         self
     }
 
-    /// A snapshot when one is due and MongoDB holds every flush handed to the sink.
-    async fn checkpoint(&mut self, acked: &AtomicU64) {
-        let Some(checkpoints) = self.checkpoints.as_mut() else { return };
-        checkpoints.poll().await;
-        if self.sent == acked.load(Ordering::Acquire) && checkpoints.due(&self.positions) {
-            // No position past a dead letter the broker has not confirmed.
-            self.settle_dead_letters().await;
-            let checkpoints = self.checkpoints.as_mut().expect("checked above");
-            checkpoints.start(&self.engine, &self.positions);
+    /// `run`: once the topic is read up to where it ended at start (to within `slack`
+    /// messages), one complete flush makes MongoDB's views those of the state.
+    pub fn converge_after(mut self, backlog_end: BTreeMap<TopicPartition, i64>, slack: i64) -> Self {
+        self.convergence = Convergence::Pending { backlog_end, slack };
+        self.health.set_converged(false);
+        self.metrics.views_converged.set(0);
+        self
+    }
+
+    /// Notes what MongoDB acknowledged: the converging flush, snapshots to persist.
+    async fn acknowledged(&mut self, acked: u64) {
+        if let Convergence::Sent(seq) = self.convergence {
+            if acked >= seq {
+                self.convergence = Convergence::Done;
+                self.health.set_converged(true);
+                self.metrics.views_converged.set(1);
+                info!("views converged: MongoDB holds a complete flush of the state");
+            }
         }
+        if let Some(checkpoints) = self.checkpoints.as_mut() {
+            checkpoints.poll(acked).await;
+        }
+    }
+
+    /// A snapshot capture at this flush boundary, if one is due.
+    async fn capture_if_due(&mut self) {
+        if !self.checkpoints.as_ref().is_some_and(|c| c.due(&self.positions)) {
+            return;
+        }
+        // No position past a dead letter the broker has not confirmed.
+        self.settle_dead_letters().await;
+        let checkpoints = self.checkpoints.as_mut().expect("checked above");
+        checkpoints.capture(&self.engine, &self.positions, self.sent);
     }
 
     /// Too many facts wait for MongoDB: stop reading until the sink catches up.
@@ -336,21 +406,34 @@ impl Worker {
         }
     }
 
-    /// Hands the changed documents to the sink if it is free; otherwise they keep coalescing.
-    fn try_flush(&mut self, sink: &mpsc::Sender<Batch>) {
-        let Some(as_of) = self.cadence.as_of.at(&self.engine) else {
+    /// Hands the changed documents to the sink if it is free (otherwise they keep
+    /// coalescing), then captures a snapshot at that boundary if one is due.
+    async fn try_flush(&mut self, sink: &mpsc::Sender<Batch>) {
+        let converge = self.convergence.due(&self.positions);
+        let as_of = self.cadence.as_of.at(&self.engine);
+        if as_of.is_none() && !converge {
             return;
-        };
-        if let Ok(permit) = sink.try_reserve() {
-            let changes = self.engine.flush(as_of, self.complete_next);
-            self.complete_next = false;
-            self.summary.as_of = Some(as_of);
-            self.mirror.apply(&changes);
-            if !changes.is_empty() {
-                self.sent += 1;
-                permit.send(Batch { changes, produced_ms: std::mem::take(&mut self.produced_ms) });
-            }
         }
+        let Ok(permit) = sink.try_reserve() else { return };
+        let changes = match as_of {
+            Some(as_of) => {
+                self.summary.as_of = Some(as_of);
+                self.engine.flush(as_of, converge)
+            }
+            // No transaction applied under the event clock: the views are empty in the state,
+            // so converging only removes what MongoDB holds (no as_of to flush at).
+            None => ViewChanges { complete: true, ..ViewChanges::default() },
+        };
+        self.mirror.apply(&changes);
+        if !changes.is_empty() {
+            self.sent += 1;
+            permit.send(Batch { seq: self.sent, changes, produced_ms: std::mem::take(&mut self.produced_ms) });
+        }
+        if converge {
+            info!(batch = self.sent, "backlog read: converging the views (a complete flush; stale documents go)");
+            self.convergence = Convergence::Sent(self.sent);
+        }
+        self.capture_if_due().await;
     }
 
     fn update_gauges(&mut self) {
@@ -415,20 +498,22 @@ impl Worker {
 
 impl Pipeline {
     /// Consumes until `until` or `shutdown`, then writes a last flush (every document when
-    /// `final_full`) and waits until MongoDB has it.
+    /// `final_full`) and waits until MongoDB has it: to the end when the topic was read to
+    /// `until`, at most `shutdown_timeout` after a shutdown signal.
     pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
         let Pipeline { source, mut worker, queries, control } = self;
         let mut queries = queries.unwrap_or_else(|| query::channel().1);
         let mut control = control.unwrap_or_else(|| crate::reconcile::channel().1);
         let (tx, rx) = mpsc::channel::<Batch>(1);
-        let acked = Arc::new(AtomicU64::new(0));
-        let sink_task = tokio::spawn(sink_loop(
+        let progress_of_sink = Arc::new(SinkProgress::default());
+        let mut sink_task = tokio::spawn(sink_loop(
             sink,
             rx,
-            acked.clone(),
+            progress_of_sink.clone(),
             (worker.metrics.clone(), worker.health.clone()),
             worker.cadence.backoff,
         ));
+        let acked = || progress_of_sink.acked.load(Ordering::Acquire);
         let mut tick = tokio::time::interval(worker.cadence.flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_progress = (Instant::now(), 0);
@@ -445,8 +530,8 @@ impl Pipeline {
                 Some(c) = control.recv() => worker.control(c),
                 _ = tick.tick() => {
                     worker.reap_dead_letters().await;
-                    worker.checkpoint(&acked).await;
-                    worker.try_flush(&tx);
+                    worker.acknowledged(acked()).await;
+                    worker.try_flush(&tx).await;
                     worker.update_gauges();
                     worker.update_lag(&source);
                     source.commit_for_monitoring(&worker.positions);
@@ -479,28 +564,74 @@ impl Pipeline {
         }
 
         worker.summary.reading = started.elapsed();
-        worker.settle_dead_letters().await;
+        // After a signal the rest is bounded; at the end of a replay it takes what it takes.
+        let deadline = shutdown.is_cancelled().then(|| tokio::time::Instant::now() + worker.cadence.shutdown_timeout);
+        // The sink stops waiting a little before the deadline: the snapshot needs its write.
+        let sink_deadline = deadline.map(|d| d - worker.cadence.shutdown_timeout / 5);
+        let settled = within(sink_deadline, worker.settle_dead_letters()).await.is_some();
+        if !settled {
+            warn!("shutdown timeout: dead letters not confirmed by the broker; no snapshot of the last state");
+        }
         // The last flush: waits for room, then for the sink to drain.
+        let converge = final_full || worker.convergence.due(&worker.positions);
         if let Some(as_of) = worker.cadence.as_of.at(&worker.engine) {
-            let changes = worker.engine.flush(as_of, final_full || worker.complete_next);
+            let changes = worker.engine.flush(as_of, converge);
             worker.summary.as_of = Some(as_of);
             worker.mirror.apply(&changes);
             let produced_ms = std::mem::take(&mut worker.produced_ms);
-            if !changes.is_empty() && tx.send(Batch { changes, produced_ms }).await.is_err() {
-                warn!("sink stopped before the last flush");
+            let mut handed = true;
+            if !changes.is_empty() {
+                let batch = Batch { seq: worker.sent + 1, changes, produced_ms };
+                handed = match within(sink_deadline, tx.send(batch)).await {
+                    Some(Ok(())) => true,
+                    Some(Err(_)) => {
+                        warn!("sink stopped before the last flush");
+                        false
+                    }
+                    None => {
+                        warn!("shutdown timeout: the last flush was not handed to MongoDB");
+                        false
+                    }
+                };
+                worker.sent += u64::from(handed);
+            }
+            // The state without the changes of a flush that never reached the sink must not
+            // be persisted: they are in neither MongoDB nor the dirty sets.
+            if settled && handed {
+                if let Some(c) = worker.checkpoints.as_mut().filter(|c| !c.has(&worker.positions)) {
+                    c.capture(&worker.engine, &worker.positions, worker.sent);
+                }
             }
         }
         drop(tx);
         progress.finish(worker.summary.consumed);
-        worker.summary.documents_written = sink_task.await.unwrap_or(0);
+        if within(sink_deadline, &mut sink_task).await.is_none() {
+            sink_task.abort();
+            warn!(
+                acknowledged = acked(),
+                handed = worker.sent,
+                timeout_ms = worker.cadence.shutdown_timeout.as_millis() as u64,
+                "shutdown timeout: stopped waiting for MongoDB; the snapshot covers the acknowledged flushes, the rest is read again at the next start"
+            );
+        }
+        worker.summary.documents_written = progress_of_sink.documents.load(Ordering::Acquire);
+        let acked = acked();
         if let Some(checkpoints) = worker.checkpoints.as_mut() {
-            checkpoints.finish(&worker.engine, &worker.positions).await;
+            checkpoints.finish(acked).await;
         }
         worker.update_gauges();
         source.commit_for_monitoring(&worker.positions);
         worker.summary.positions = worker.positions.clone();
         worker.summary.draining = started.elapsed() - worker.summary.reading;
         worker.summary
+    }
+}
+
+/// `future`, or `None` if `deadline` passes first (no deadline: it runs to completion).
+async fn within<F: std::future::IntoFuture>(deadline: Option<tokio::time::Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        None => Some(future.await),
+        Some(d) => tokio::time::timeout_at(d, future).await.ok(),
     }
 }
 
@@ -568,16 +699,15 @@ impl Progress {
     }
 }
 
-/// Writes each batch, retrying with backoff until MongoDB takes it; pings while idle so
-/// readiness follows MongoDB's health. Returns the documents written.
+/// Writes each batch, retrying with backoff until MongoDB takes it, and acknowledges them
+/// in order; pings while idle so readiness follows MongoDB's health.
 async fn sink_loop(
     sink: MongoSink,
     mut rx: mpsc::Receiver<Batch>,
-    acked: Arc<AtomicU64>,
+    progress: Arc<SinkProgress>,
     (metrics, health): (Metrics, Arc<Health>),
     backoff: Backoff,
-) -> u64 {
-    let mut written = 0u64;
+) {
     let mut ping = tokio::time::interval(Duration::from_secs(2));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let set_up = |up: bool| {
@@ -597,11 +727,18 @@ async fn sink_loop(
                             metrics.flushes.with_label_values(&["ok"]).inc();
                             for (collection, n) in stats.per_collection {
                                 metrics.documents_written.with_label_values(&[collection]).inc_by(n as u64);
-                                written += n as u64;
+                                progress.documents.fetch_add(n as u64, Ordering::Release);
+                            }
+                            if batch.changes.complete {
+                                let removed: u64 = stats.stale_removed.iter().map(|(_, n)| n).sum();
+                                for (collection, n) in &stats.stale_removed {
+                                    metrics.stale_documents_removed.with_label_values(&[collection]).inc_by(*n);
+                                }
+                                info!(removed, per_collection = ?stats.stale_removed, "complete flush written; stale view documents removed");
                             }
                             set_up(true);
                             metrics.latency.record(&batch.produced_ms, Utc::now().timestamp_millis());
-                            acked.fetch_add(1, Ordering::Release);
+                            progress.acked.store(batch.seq, Ordering::Release);
                             break;
                         }
                         Err(e) => {
@@ -617,5 +754,4 @@ async fn sink_loop(
             _ = ping.tick() => set_up(sink.ping().await.is_ok()),
         }
     }
-    written
 }

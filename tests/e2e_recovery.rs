@@ -1,7 +1,13 @@
 //! Recovery, end to end (SPEC §7: no event lost, none counted twice):
-//! - kill -9 the service at random moments while it works through a 200k-event backlog,
-//!   restarting it each time from its snapshots; then corrupt the newest snapshot and
-//!   restart once more. Every view and fact must equal the recompute exactly.
+//! - kill -9 the service every 3–6 s while it works through a 500k-event backlog,
+//!   restarting it each time from its snapshots: the newest snapshot's positions grow at
+//!   every restart (aligned checkpoints make progress while the sink is behind); then
+//!   corrupt the newest snapshot and restart once more. Every view and fact must equal the
+//!   recompute exactly.
+//! - `run` from no snapshot over a database holding an older run's views (and documents no
+//!   run of this topic wrote): the views converge, with no extra documents.
+//! - SIGTERM during a catch-up while MongoDB is slowed (a server-side fail point): exit 0
+//!   within `service.shutdown_timeout_ms`, then a restart that ends exact.
 //! - MongoDB and then the broker restarted under a running service (its own private servers,
 //!   so the shared stack used by the other tests stays up): /readyz and the metrics say so,
 //!   the service stays up, and the views end exact.
@@ -110,15 +116,26 @@ impl Lcg {
     }
 }
 
+/// The sum of the next offsets the newest readable snapshot records (0: none yet).
+fn snapshot_progress(dir: &Path) -> i64 {
+    let store = martstream::snapshot::SnapshotStore::new(dir, 100);
+    match store.load_newest(|_| Ok(())) {
+        Ok((Some((_, snapshot)), _)) => snapshot.meta.positions.iter().map(|(_, _, o)| o).sum(),
+        _ => 0,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_9_at_random_moments_then_a_corrupt_snapshot_leave_every_view_exact() {
+async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_every_view_exact() {
     let snapshots = tempfile::tempdir().unwrap();
     let port = free_port();
-    let s = scenario("e2e_crash", port, snapshots.path());
+    let mut s = scenario("e2e_crash", port, snapshots.path());
+    // Flushes of a few thousand facts while catching up, so that a life of 3 s sees several.
+    s.extra.extend(["--set".into(), "service.max_pending_facts=5000".into()]);
     s.create_topics();
     let config = GenConfig {
         seed: 99,
-        events: 200_000,
+        events: 505_000,
         customers: 20_000,
         products: 400,
         malformed_rate: 0.01,
@@ -128,7 +145,7 @@ async fn kill_9_at_random_moments_then_a_corrupt_snapshot_leave_every_view_exact
     };
     let mut messages: Vec<_> = Generator::new(config.clone()).collect();
     let mut sessions = loadtest::sessions(&config, 20_000);
-    let (later, tail_sessions) = (messages.split_off(195_000), sessions.split_off(19_000));
+    let (later, tail_sessions) = (messages.split_off(500_000), sessions.split_off(19_000));
     s.produce(&messages).await;
     common::produce(&s.sessions, &sessions).await;
     // One as_of for every life of the service, so every document is comparable.
@@ -136,28 +153,33 @@ async fn kill_9_at_random_moments_then_a_corrupt_snapshot_leave_every_view_exact
     let as_of = recompute::event_clock(&recompute::applied(&all));
 
     let log = std::env::temp_dir().join(format!("{}.log", s.database));
+    let dir = snapshots.path().join(&s.database);
     let seed = std::process::id() as u64;
     let mut delays = Lcg(seed);
-    let mut kills = Vec::new();
-    for _ in 0..10 {
+    let mut lives = Vec::new();
+    let mut progress = 0;
+    for life in 0..8 {
         let service = Service::start(&s, as_of, &log);
-        let delay = delays.millis(700, 2500);
+        let delay = delays.millis(3000, 6000);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        let consumed = match get(port, "/metrics").await {
-            Some((_, text)) => series(&text, "martstream_events_consumed_total").first().copied().unwrap_or(0.0),
-            None => 0.0,
-        };
         service.signal("-KILL");
         drop(service);
-        kills.push((delay, consumed as u64));
+        let now = snapshot_progress(&dir);
+        lives.push((delay, now));
+        eprintln!("seed {seed}: life {life} killed after {delay} ms; newest snapshot at {now} messages");
+        assert!(
+            now > progress,
+            "life {life} (killed after {delay} ms) left no newer snapshot: {progress} -> {now} messages\n{}",
+            tail(&log)
+        );
+        progress = now;
     }
-    let restores = std::fs::read_to_string(&log).unwrap_or_default().matches("state restored from snapshot").count();
-    eprintln!("seed {seed}: kill -9 after (ms, messages consumed in that life): {kills:?}; {restores} restores");
-    assert!(restores >= 5, "restarts resumed from snapshots only {restores} times:\n{}", tail(&log));
+    eprintln!("seed {seed}: (kill after ms, snapshot position) per life: {lives:?}");
 
     // A last life to the end of the backlog, then a clean stop.
     let service = Service::start(&s, as_of, &log);
-    assert!(eventually(Duration::from_secs(180), || caught_up(port, 8)).await, "never caught up:\n{}", tail(&log));
+    assert!(eventually(Duration::from_secs(400), || caught_up(port, 8)).await, "never caught up:\n{}", tail(&log));
+    assert!(eventually(Duration::from_secs(60), || ready(port)).await, "never ready:\n{}", tail(&log));
     service.stop(&log).await;
     let db = common::mongo().await.database(&s.database);
     let check = |m: Vec<loadtest::Message>, ss: Vec<loadtest::Message>| {
@@ -165,12 +187,12 @@ async fn kill_9_at_random_moments_then_a_corrupt_snapshot_leave_every_view_exact
         async move { recompute::check_every_view(&db, &m, &ss, as_of, true).await }
     };
     if let Err(e) = check(messages.clone(), sessions.clone()).await {
-        panic!("after {} kill -9 (seed {seed}): {e}\n{}", kills.len(), tail(&log));
+        panic!("after {} kill -9 (seed {seed}): {e}\n{}", lives.len(), tail(&log));
     }
 
     // The newest snapshot corrupted: the service says so, falls back to the one before and
     // replays from there.
-    let newest = newest_snapshot(&snapshots.path().join(&s.database));
+    let newest = newest_snapshot(&dir);
     let mut bytes = std::fs::read(&newest).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -179,6 +201,7 @@ async fn kill_9_at_random_moments_then_a_corrupt_snapshot_leave_every_view_exact
     common::produce(&s.sessions, &tail_sessions).await;
     let service = Service::start(&s, as_of, &log);
     assert!(eventually(Duration::from_secs(120), || caught_up(port, 8)).await, "never caught up:\n{}", tail(&log));
+    assert!(eventually(Duration::from_secs(60), || ready(port)).await, "never ready:\n{}", tail(&log));
     service.stop(&log).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("checksum mismatch"), "the corrupt snapshot is reported:\n{}", tail(&log));
@@ -187,6 +210,60 @@ async fn kill_9_at_random_moments_then_a_corrupt_snapshot_leave_every_view_exact
     if let Err(e) = check(messages, sessions).await {
         panic!("after the fallback: {e}\n{}", tail(&log));
     }
+}
+
+async fn ready(port: u16) -> bool {
+    get(port, "/readyz").await.map(|r| r.0) == Some(200)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_without_a_snapshot_over_an_older_runs_views_removes_what_the_state_does_not_hold() {
+    let snapshots = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let s = scenario("e2e_rebuild", port, snapshots.path());
+    s.create_topics();
+    let config = GenConfig { seed: 31, events: 40_000, customers: 4_000, products: 300, ..GenConfig::default() };
+    let messages: Vec<_> = Generator::new(config.clone()).collect();
+    let sessions = loadtest::sessions(&config, 2_000);
+    let (first, second) = messages.split_at(20_000);
+    let as_of = recompute::event_clock(&recompute::applied(&messages));
+
+    // An older run: the first half replayed as of its own newest event (other windows and
+    // other analysis dates), plus documents no run of this topic wrote.
+    s.produce(first).await;
+    common::produce(&s.sessions, &sessions).await;
+    s.martstream(&["replay"]);
+    let db = common::mongo().await.database(&s.database);
+    let stamp = mongodb::bson::DateTime::now();
+    use mongodb::bson::{doc, Document};
+    for (collection, id) in [
+        ("customer_rfm_analysis", "ghost-customer"),
+        ("product_performance", "ghost-product"),
+        ("sales_trends", "daily:2001-01-01"),
+    ] {
+        let ghost = doc! { "_id": id, "customer_id": id, "product_id": id, "updated_at": stamp };
+        db.collection::<Document>(collection).insert_one(ghost).await.unwrap();
+    }
+    let mut before = 0;
+    for c in ["customer_rfm_analysis", "product_performance", "sales_trends"] {
+        before += s.collection(c).await.len();
+    }
+
+    // `run` with an empty snapshot directory, to the end of the whole topic.
+    s.produce(second).await;
+    let log = std::env::temp_dir().join(format!("{}.log", s.database));
+    let service = Service::start(&s, as_of, &log);
+    assert!(eventually(Duration::from_secs(120), || caught_up(port, 8)).await, "never caught up:\n{}", tail(&log));
+    assert!(eventually(Duration::from_secs(60), || ready(port)).await, "never ready (converged):\n{}", tail(&log));
+    let (_, text) = get(port, "/metrics").await.unwrap();
+    let removed: f64 = series(&text, "martstream_stale_documents_removed_total").iter().sum();
+    assert_eq!(series(&text, "martstream_views_converged"), vec![1.0], "{text}");
+    service.stop(&log).await;
+    assert!(removed >= 3.0, "removed {removed} stale documents of {before}:\n{}", tail(&log));
+    if let Err(e) = recompute::check_every_view(&db, &messages, &sessions, as_of, true).await {
+        panic!("after the rebuild: {e}\n{}", tail(&log));
+    }
+    eprintln!("{before} view documents from the older run; {removed} removed as stale");
 }
 
 fn newest_snapshot(dir: &Path) -> PathBuf {
@@ -241,13 +318,91 @@ impl Drop for Server {
     }
 }
 
+/// A private standalone mongod of the test's own (from the stack's binaries) on `port`.
+fn private_mongod(data: &Path, port: u16, extra: &[&str]) -> Server {
+    std::fs::create_dir_all(data).unwrap();
+    let mut args: Vec<String> = vec![
+        "--dbpath".into(),
+        data.display().to_string(),
+        "--bind_ip".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--wiredTigerCacheSizeGB".into(),
+        "0.25".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Server { program: manifest_dir().join(".stack/bin/mongodb/fiftyone/db/bin/mongod"), args, port, child: None }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_mongodb_is_slow_exits_0_within_the_timeout_and_loses_nothing() {
+    use mongodb::bson::doc;
+    let data = tempfile::tempdir().unwrap();
+    let (mongo_port, port) = (free_port(), free_port());
+    // A fail point slows every write of the service (by its appName) server-side.
+    let mut mongo = private_mongod(&data.path().join("mongo"), mongo_port, &["--setParameter", "enableTestCommands=1"]);
+    mongo.start();
+    let mongo_uri = format!("mongodb://127.0.0.1:{mongo_port}/?directConnection=true");
+    std::env::set_var("MARTSTREAM_MONGO__URI", &mongo_uri);
+    let timeout_ms = 4000;
+    let mut s = scenario("e2e_sigterm", port, &data.path().join("snapshots"));
+    s.extra.extend(["--set".into(), format!("service.shutdown_timeout_ms={timeout_ms}")]);
+    s.extra.extend(["--set".into(), "service.max_pending_facts=5000".into()]);
+    s.create_topics();
+    let config = GenConfig { seed: 17, events: 120_000, customers: 8_000, products: 300, ..GenConfig::default() };
+    let messages: Vec<_> = Generator::new(config.clone()).collect();
+    let sessions = loadtest::sessions(&config, 4_000);
+    let as_of = recompute::event_clock(&recompute::applied(&messages));
+    s.produce(&messages).await;
+    common::produce(&s.sessions, &sessions).await;
+
+    let log = data.path().join("service.log");
+    let service = Service::start(&s, as_of, &log);
+    let consumed = || async {
+        let Some((_, text)) = get(port, "/metrics").await else { return 0.0 };
+        series(&text, "martstream_events_consumed_total").first().copied().unwrap_or(0.0)
+    };
+    assert!(eventually(Duration::from_secs(60), || async { consumed().await > 10_000.0 }).await, "{}", tail(&log));
+    let admin = mongodb::Client::with_uri_str(&mongo_uri).await.unwrap().database("admin");
+    let slow = doc! {
+        "configureFailPoint": "failCommand",
+        "mode": "alwaysOn",
+        "data": { "failCommands": ["insert", "update", "delete"], "blockConnection": true, "blockTimeMS": 3000, "appName": "martstream" },
+    };
+    admin.run_command(slow).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(consumed().await < (messages.len() + sessions.len()) as f64, "caught up before the signal");
+    let signalled = Instant::now();
+    service.stop(&log).await;
+    let took = signalled.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        took <= Duration::from_millis(timeout_ms + 2000),
+        "exit after SIGTERM took {took:?} (timeout {timeout_ms} ms):\n{}",
+        tail(&log)
+    );
+    assert!(text.contains("shutdown timeout"), "MongoDB was slow enough to hit the timeout:\n{}", tail(&log));
+    eprintln!("SIGTERM to exit 0: {took:?}");
+
+    // MongoDB at full speed again: a restart resumes from the snapshot and ends exact.
+    admin.run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" }).await.unwrap();
+    let service = Service::start(&s, as_of, &log);
+    assert!(eventually(Duration::from_secs(180), || caught_up(port, 8)).await, "never caught up:\n{}", tail(&log));
+    assert!(eventually(Duration::from_secs(60), || ready(port)).await, "never ready:\n{}", tail(&log));
+    service.stop(&log).await;
+    let db = mongodb::Client::with_uri_str(&mongo_uri).await.unwrap().database(&s.database);
+    if let Err(e) = recompute::check_every_view(&db, &messages, &sessions, as_of, true).await {
+        panic!("after the timed-out shutdown and a restart: {e}\n{}", tail(&log));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_and_broker_restarts_are_ridden_out() {
     let data = tempfile::tempdir().unwrap();
     let stack = manifest_dir().join(".stack/bin");
     let (kafka_port, mongo_port, port) = (free_port(), free_port(), free_port());
     std::fs::create_dir_all(data.path().join("kafka")).unwrap();
-    std::fs::create_dir_all(data.path().join("mongo")).unwrap();
     let mut kafka = Server {
         program: stack.join("noida/noida_db/noida-db"),
         args: ["start", "--data-dir", &data.path().join("kafka").display().to_string(), "--host", "127.0.0.1"]
@@ -258,21 +413,7 @@ async fn mongodb_and_broker_restarts_are_ridden_out() {
         port: kafka_port,
         child: None,
     };
-    let mut mongo = Server {
-        program: stack.join("mongodb/fiftyone/db/bin/mongod"),
-        args: vec![
-            "--dbpath".into(),
-            data.path().join("mongo").display().to_string(),
-            "--bind_ip".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            mongo_port.to_string(),
-            "--wiredTigerCacheSizeGB".into(),
-            "0.25".into(),
-        ],
-        port: mongo_port,
-        child: None,
-    };
+    let mut mongo = private_mongod(&data.path().join("mongo"), mongo_port, &[]);
     kafka.start();
     mongo.start();
     let brokers = format!("127.0.0.1:{kafka_port}");

@@ -43,6 +43,8 @@ pub enum SinkError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteStats {
     pub per_collection: Vec<(&'static str, usize)>,
+    /// A complete flush: documents removed per view because the state does not hold them.
+    pub stale_removed: Vec<(&'static str, u64)>,
 }
 
 /// Batches of one collection sent at once (the server works on them in parallel).
@@ -136,27 +138,25 @@ impl MongoSink {
         let complete = changes.complete;
         let view = |name: &'static str, deletes: &'a [String], upserts: Vec<(Bson, Document)>| async move {
             let n = self.delete(name, deletes).await? + self.upsert(name, upserts).await?;
-            if complete && name != CUSTOMER_RFM {
-                // Everything in this view was just written with this stamp: anything else is stale.
-                let stale = doc! { "q": { "updated_at": { "$ne": documents::date(written_at) } }, "limit": 0 };
-                self.write_command(name, "delete", "deletes", vec![stale]).await?;
-            }
-            Ok::<_, SinkError>((name, n))
+            let stale = if complete { self.delete_stale(name, written_at).await? } else { 0 };
+            Ok::<_, SinkError>(((name, n), (name, stale)))
         };
         let d = &changes.dims;
         let dims = |name: &'static str, docs: Vec<(Bson, Document)>| async move {
             Ok::<_, SinkError>((name, self.upsert(name, docs).await?))
         };
-        let first = futures::future::try_join_all([
+        let views = futures::future::try_join_all([
             view(CUSTOMER_RFM, &changes.rfm_deletes, rfm).boxed(),
             view(PRODUCT_PERFORMANCE, &changes.products.deletes, products).boxed(),
             view(SALES_TRENDS, &changes.trends.deletes, trends).boxed(),
+        ]);
+        let dimensions = futures::future::try_join_all([
             dims(DIM_PRODUCT, d.products.iter().map(documents::dim_product).collect()).boxed(),
             dims(DIM_CUSTOMER, d.customers.iter().map(documents::dim_customer).collect()).boxed(),
             dims(DIM_LOCATION, d.locations.iter().map(|(k, l)| documents::dim_location(*k, l)).collect()).boxed(),
             dims(DIM_DATE, d.dates.iter().map(|x| documents::dim_date(*x)).collect()).boxed(),
-        ])
-        .await?;
+        ]);
+        let (views, dimensions) = futures::future::try_join(views, dimensions).await?;
         let (sales, returns): (Vec<_>, Vec<_>) = changes.facts.iter().partition(|f| f.kind == EventKind::Purchase);
         let facts = futures::future::try_join_all([
             self.insert_facts(FACT_SALES, sales.into_iter().map(documents::fact).collect()).boxed(),
@@ -166,7 +166,12 @@ impl MongoSink {
         ])
         .await?;
         let mut stats = WriteStats::default();
-        stats.per_collection.extend(first);
+        for (written, stale) in views {
+            stats.per_collection.push(written);
+            stats.stale_removed.push(stale);
+        }
+        stats.stale_removed.retain(|_| complete);
+        stats.per_collection.extend(dimensions);
         stats.per_collection.extend(facts);
         Ok(stats)
     }
@@ -207,6 +212,24 @@ impl MongoSink {
             }
         }
         Ok(n)
+    }
+
+    /// After a complete flush of a view: everything the state holds was just written with
+    /// the stamp `written_at`, so any other document there is stale. Returns how many went.
+    async fn delete_stale(&self, collection: &'static str, written_at: DateTime<Utc>) -> Result<u64, SinkError> {
+        let fail =
+            |e: mongodb::error::Error| SinkError::Write { collection: collection.into(), reason: first_line(&e) };
+        let stale = doc! { "q": { "updated_at": { "$ne": documents::date(written_at) } }, "limit": 0 };
+        let reply = self
+            .db
+            .run_command(doc! { "delete": collection, "deletes": [stale], "ordered": false })
+            .await
+            .map_err(fail)?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            let first = errors.first().and_then(Bson::as_document).and_then(|d| d.get_str("errmsg").ok());
+            return Err(SinkError::Write { collection: collection.into(), reason: first.unwrap_or("?").to_owned() });
+        }
+        Ok(reply.get_i32("n").map(|n| n as u64).or_else(|_| reply.get_i64("n").map(|n| n as u64)).unwrap_or(0))
     }
 
     /// Deletes documents by `_id` (idempotent: deleting what is gone is fine).

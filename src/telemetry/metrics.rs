@@ -35,6 +35,10 @@ pub struct Metrics {
     pub snapshot_size: IntGauge,
     pub snapshot_last_success: IntGauge,
     pub snapshot_age: Gauge,
+    pub snapshot_capture_stall: Histogram,
+    pub snapshot_positions: IntGaugeVec,
+    pub views_converged: IntGauge,
+    pub stale_documents_removed: IntCounterVec,
     pub restore_duration: Gauge,
     pub latency: Latency,
     pub products: IntGauge,
@@ -168,6 +172,37 @@ impl Metrics {
             snapshot_age: float_gauge(
                 "martstream_snapshot_age_seconds",
                 "Seconds since the newest snapshot was taken: how much a crash would replay.",
+            ),
+            snapshot_capture_stall: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "martstream_snapshot_capture_stall_seconds",
+                        "Time the worker stops consuming to capture a snapshot (the encode at a flush boundary).",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap()),
+                )
+                .unwrap(),
+            ),
+            snapshot_positions: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "martstream_snapshot_position_messages",
+                        "Next offset per input partition recorded by the newest snapshot written (or restored from).",
+                    ),
+                    &["topic", "partition"],
+                )
+                .unwrap(),
+            ),
+            views_converged: gauge(
+                "martstream_views_converged",
+                "1 once MongoDB holds a complete flush of the state since this start (stale documents removed); until then /readyz is 503.",
+            ),
+            stale_documents_removed: counter_vec(
+                "martstream_stale_documents_removed_total",
+                "View documents MongoDB held that the state does not (an earlier run's), removed when the views converge.",
+                &["collection"],
             ),
             restore_duration: float_gauge(
                 "martstream_restore_duration_seconds",
