@@ -163,7 +163,7 @@ impl Checkpointer {
     /// The newest waiting capture whose flush is acknowledged; older ones are dropped.
     fn take_acknowledged(&mut self, acked: u64) -> Option<Capture> {
         let n = self.waiting.iter().rposition(|c| c.seq <= acked)? + 1;
-        self.waiting.drain(..n).last()
+        self.waiting.drain(..n).next_back()
     }
 
     fn spawn_write(&self, capture: Capture) -> JoinHandle<Result<Written, SnapshotError>> {
