@@ -96,12 +96,15 @@ impl Checkpointer {
         }
     }
 
-    /// The state was restored from a snapshot taken then, at these positions.
-    pub fn restored(&mut self, taken_at_ms: i64, positions: BTreeMap<TopicPartition, i64>) {
-        self.newest_taken_at_ms = Some(taken_at_ms);
-        self.export_positions(&self.named(&positions));
+    /// Consumption starts at `positions`: restored from a snapshot taken at `restored_at_ms`,
+    /// or from the beginning. Nothing is captured before something new was read.
+    pub fn starting_at(&mut self, positions: BTreeMap<TopicPartition, i64>, restored_at_ms: Option<i64>) {
+        if let Some(taken_at_ms) = restored_at_ms {
+            self.newest_taken_at_ms = Some(taken_at_ms);
+            self.export_positions(&self.named(&positions));
+            self.metrics.snapshot_last_success.set(taken_at_ms / 1000);
+        }
         self.last_positions = Some(positions);
-        self.metrics.snapshot_last_success.set(taken_at_ms / 1000);
     }
 
     fn named(&self, positions: &BTreeMap<TopicPartition, i64>) -> Vec<(String, i32, i64)> {

@@ -395,15 +395,14 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
     info!(keys, "surrogate keys loaded from the warehouse");
     let mut worker = Worker::new(engine, dlq, (metrics, health), cadence, (inputs, positions.clone()));
     if let Some((mut c, restored_at)) = checkpoints {
-        if let Some(taken_at_ms) = restored_at {
-            c.restored(taken_at_ms, positions);
-        }
+        c.starting_at(positions, restored_at);
         worker = worker.with_checkpoints(c);
     }
-    if service {
-        // Whatever this start began from, MongoDB may hold documents the state does not.
-        worker = worker.converge_after(end.clone(), config.service.ready_max_lag);
-    }
+    // Whatever this start began from, MongoDB may hold documents the state does not: once
+    // the backlog is read, one complete flush (until then only facts and new keys are
+    // written). `replay` reads to the end and ends with that flush.
+    let slack = if service { config.service.ready_max_lag } else { 0 };
+    worker = worker.converge_after(end.clone(), slack);
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
     Ok(Pipeline { source, worker, queries, control }.run(sink, until, to_end, shutdown).await)
 }

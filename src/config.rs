@@ -207,7 +207,7 @@ impl Default for ServiceConfig {
             http_listen: "127.0.0.1:9464".into(),
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
-            max_pending_facts: 50_000,
+            max_pending_facts: 20_000,
             ready_max_lag: 100_000,
             shutdown_timeout_ms: 25_000,
         }

@@ -194,8 +194,9 @@ pub struct Worker {
     /// Snapshots (`run`); none for `replay`.
     checkpoints: Option<Checkpointer>,
     convergence: Convergence,
-    /// Batches handed to the sink (the seq of the newest).
+    /// Batches handed to the sink (the seq of the newest), and acknowledged by MongoDB.
     sent: u64,
+    acked: u64,
     /// The last flushed windowed views, for queries.
     mirror: Mirror,
     /// Message timestamps of the events applied since the last flush.
@@ -225,6 +226,7 @@ impl Worker {
             checkpoints: None,
             convergence: Convergence::Done,
             sent: 0,
+            acked: 0,
             mirror: Mirror::default(),
             produced_ms: Vec::new(),
             segments_counted: None,
@@ -248,6 +250,7 @@ impl Worker {
 
     /// Notes what MongoDB acknowledged: the converging flush, snapshots to persist.
     async fn acknowledged(&mut self, acked: u64) {
+        self.acked = acked;
         if let Convergence::Sent(seq) = self.convergence {
             if acked >= seq {
                 self.convergence = Convergence::Done;
@@ -406,24 +409,31 @@ impl Worker {
         }
     }
 
-    /// Hands the changed documents to the sink if it is free (otherwise they keep
-    /// coalescing), then captures a snapshot at that boundary if one is due.
-    async fn try_flush(&mut self, sink: &mpsc::Sender<Batch>) {
-        let converge = self.convergence.due(&self.positions);
-        let as_of = self.cadence.as_of.at(&self.engine);
-        if as_of.is_none() && !converge {
-            return;
+    /// The changes to hand to the sink now. While a backlog is read before converging, only
+    /// facts and new keys: every view document is written by the complete flush that ends
+    /// the catch-up, so writing intermediate ones would only slow it down.
+    fn changes(&mut self, converge: bool) -> ViewChanges {
+        if matches!(self.convergence, Convergence::Pending { .. }) && !converge {
+            return self.engine.flush_facts();
         }
-        let Ok(permit) = sink.try_reserve() else { return };
-        let changes = match as_of {
+        match self.cadence.as_of.at(&self.engine) {
             Some(as_of) => {
                 self.summary.as_of = Some(as_of);
                 self.engine.flush(as_of, converge)
             }
             // No transaction applied under the event clock: the views are empty in the state,
-            // so converging only removes what MongoDB holds (no as_of to flush at).
-            None => ViewChanges { complete: true, ..ViewChanges::default() },
-        };
+            // so converging only removes what MongoDB holds (there is no as_of to flush at).
+            None if converge => ViewChanges { complete: true, ..ViewChanges::default() },
+            None => self.engine.flush_facts(),
+        }
+    }
+
+    /// Hands the changed documents to the sink if it is free (otherwise they keep
+    /// coalescing), then captures a snapshot at that boundary if one is due.
+    async fn try_flush(&mut self, sink: &mpsc::Sender<Batch>) {
+        let converge = self.convergence.due(&self.positions);
+        let Ok(permit) = sink.try_reserve() else { return };
+        let changes = self.changes(converge);
         self.mirror.apply(&changes);
         if !changes.is_empty() {
             self.sent += 1;
@@ -437,6 +447,8 @@ impl Worker {
     }
 
     fn update_gauges(&mut self) {
+        self.metrics.sink_pending_flushes.set(self.sent.saturating_sub(self.acked) as i64);
+        self.metrics.facts_pending.set(self.engine.warehouse().pending_facts() as i64);
         let late = [self.engine.products().late_lines(), self.engine.trends().late_events()];
         for (i, view) in ["product_performance", "sales_trends"].into_iter().enumerate() {
             self.metrics.late_events.with_label_values(&[view]).inc_by(late[i] - self.late_exported[i]);
@@ -573,10 +585,11 @@ impl Pipeline {
             warn!("shutdown timeout: dead letters not confirmed by the broker; no snapshot of the last state");
         }
         // The last flush: waits for room, then for the sink to drain.
-        let converge = final_full || worker.convergence.due(&worker.positions);
-        if let Some(as_of) = worker.cadence.as_of.at(&worker.engine) {
-            let changes = worker.engine.flush(as_of, converge);
-            worker.summary.as_of = Some(as_of);
+        // (A replay that applied nothing leaves the database as it was.)
+        let applied_any = worker.cadence.as_of.at(&worker.engine).is_some();
+        let converge = (final_full && applied_any) || worker.convergence.due(&worker.positions);
+        {
+            let changes = worker.changes(converge);
             worker.mirror.apply(&changes);
             let produced_ms = std::mem::take(&mut worker.produced_ms);
             let mut handed = true;

@@ -87,10 +87,19 @@ fn series(text: &str, name: &str) -> Vec<f64> {
 }
 
 /// Whether every one of `partitions` input partitions reports zero lag.
-async fn caught_up(port: u16, partitions: usize) -> bool {
+async fn read_to_end(port: u16, partitions: usize) -> bool {
     let Some((200, text)) = get(port, "/metrics").await else { return false };
     let lag = series(&text, "martstream_consumer_lag_messages");
     lag.len() == partitions && lag.iter().all(|&l| l == 0.0)
+}
+
+/// [`read_to_end`], and MongoDB acknowledged every flush (a SIGTERM then exits at once,
+/// whatever its timeout).
+async fn caught_up(port: u16, partitions: usize) -> bool {
+    let Some((200, text)) = get(port, "/metrics").await else { return false };
+    read_to_end(port, partitions).await
+        && series(&text, "martstream_sink_pending_flushes") == vec![0.0]
+        && series(&text, "martstream_facts_pending") == vec![0.0]
 }
 
 fn scenario(prefix: &str, port: u16, snapshots: &Path) -> Scenario {
@@ -130,8 +139,6 @@ async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_e
     let snapshots = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut s = scenario("e2e_crash", port, snapshots.path());
-    // Flushes of a few thousand facts while catching up, so that a life of 3 s sees several.
-    s.extra.extend(["--set".into(), "service.max_pending_facts=5000".into()]);
     s.create_topics();
     let config = GenConfig {
         seed: 99,
@@ -158,23 +165,46 @@ async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_e
     let mut delays = Lcg(seed);
     let mut lives = Vec::new();
     let mut progress = 0;
+    // Small flushes while crashing: a life of 3 s spends ~2 s before its first message (the
+    // test broker answers the first fetch with the whole rest of the topic), so the flush
+    // its first capture follows must be acknowledged within about a second.
+    s.extra.extend(["--set".into(), "service.max_pending_facts=2000".into()]);
+    // The test broker answers a consumer's first fetch with the whole rest of the topic and
+    // keeps sending it after a kill, so a life may read nothing for seconds. Every life must
+    // leave the snapshot where it was or further; every life that read for at least 1.5 s
+    // must move it forward (a capture, its flush acknowledged, the write).
+    let mut grew = 0;
     for life in 0..8 {
         let service = Service::start(&s, as_of, &log);
-        let delay = delays.millis(3000, 6000);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let delay = Duration::from_millis(delays.millis(3000, 6000));
+        let born = Instant::now();
+        let mut reading_since = None;
+        while born.elapsed() < delay {
+            if reading_since.is_none() && consumed(port).await > 0.0 {
+                reading_since = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         service.signal("-KILL");
         drop(service);
+        let read_for = reading_since.map_or(Duration::ZERO, |t| t.elapsed());
         let now = snapshot_progress(&dir);
-        lives.push((delay, now));
-        eprintln!("seed {seed}: life {life} killed after {delay} ms; newest snapshot at {now} messages");
-        assert!(
-            now > progress,
-            "life {life} (killed after {delay} ms) left no newer snapshot: {progress} -> {now} messages\n{}",
-            tail(&log)
-        );
+        lives.push((delay.as_millis(), read_for.as_millis(), now));
+        eprintln!("seed {seed}: life {life} killed after {delay:?}, reading for {read_for:?}; newest snapshot at {now} messages");
+        assert!(now >= progress, "life {life}: the newest snapshot went back from {progress} to {now}");
+        if read_for >= Duration::from_millis(1500) {
+            assert!(
+                now > progress,
+                "life {life} read for {read_for:?} (killed after {delay:?}) and left no newer snapshot: {progress} -> {now} messages\n{}",
+                tail(&log)
+            );
+        }
+        grew += usize::from(now > progress);
         progress = now;
     }
-    eprintln!("seed {seed}: (kill after ms, snapshot position) per life: {lives:?}");
+    eprintln!("seed {seed}: (kill after ms, read for ms, snapshot position) per life: {lives:?}");
+    assert!(grew >= 5, "the snapshot moved forward in only {grew} of 8 lives: {lives:?}\n{}", tail(&log));
+    s.extra.truncate(s.extra.len() - 2);
 
     // A last life to the end of the backlog, then a clean stop.
     let service = Service::start(&s, as_of, &log);
@@ -210,6 +240,11 @@ async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_e
     if let Err(e) = check(messages, sessions).await {
         panic!("after the fallback: {e}\n{}", tail(&log));
     }
+}
+
+async fn consumed(port: u16) -> f64 {
+    let Some((_, text)) = get(port, "/metrics").await else { return 0.0 };
+    series(&text, "martstream_events_consumed_total").first().copied().unwrap_or(0.0)
 }
 
 async fn ready(port: u16) -> bool {
@@ -359,11 +394,7 @@ async fn sigterm_while_mongodb_is_slow_exits_0_within_the_timeout_and_loses_noth
 
     let log = data.path().join("service.log");
     let service = Service::start(&s, as_of, &log);
-    let consumed = || async {
-        let Some((_, text)) = get(port, "/metrics").await else { return 0.0 };
-        series(&text, "martstream_events_consumed_total").first().copied().unwrap_or(0.0)
-    };
-    assert!(eventually(Duration::from_secs(60), || async { consumed().await > 10_000.0 }).await, "{}", tail(&log));
+    assert!(eventually(Duration::from_secs(60), || async { consumed(port).await > 10_000.0 }).await, "{}", tail(&log));
     let admin = mongodb::Client::with_uri_str(&mongo_uri).await.unwrap().database("admin");
     let slow = doc! {
         "configureFailPoint": "failCommand",
@@ -372,7 +403,7 @@ async fn sigterm_while_mongodb_is_slow_exits_0_within_the_timeout_and_loses_noth
     };
     admin.run_command(slow).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(consumed().await < (messages.len() + sessions.len()) as f64, "caught up before the signal");
+    assert!(consumed(port).await < (messages.len() + sessions.len()) as f64, "caught up before the signal");
     let signalled = Instant::now();
     service.stop(&log).await;
     let took = signalled.elapsed();
@@ -445,7 +476,10 @@ async fn mongodb_and_broker_restarts_are_ridden_out() {
     assert!(eventually(Duration::from_secs(20), not_ready).await, "/readyz stays 200:\n{}", tail(&log));
     let (_, text) = get(port, "/metrics").await.unwrap();
     assert_eq!(series(&text, "martstream_mongo_up"), vec![0.0], "{text}");
-    assert!(eventually(Duration::from_secs(60), || caught_up(port, 8)).await, "consumption stalled during the outage");
+    assert!(
+        eventually(Duration::from_secs(60), || read_to_end(port, 8)).await,
+        "consumption stalled during the outage"
+    );
     mongo.start();
     assert!(eventually(Duration::from_secs(30), ready).await, "/readyz never recovered:\n{}", tail(&log));
 

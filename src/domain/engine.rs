@@ -201,6 +201,17 @@ impl Engine {
         ViewChanges { rfm, rfm_deletes, products, trends, facts, sessions, dims, complete: full }
     }
 
+    /// Only what a later view flush cannot redo: new facts and sessions, and the dimension
+    /// rows of new keys (so that facts always resolve). The views keep their changes in
+    /// their dirty sets, for a later [`Engine::flush`]; a complete one is what a catch-up
+    /// ends with (see `pipeline`), so writing every intermediate view is not needed.
+    pub fn flush_facts(&mut self) -> ViewChanges {
+        let (facts, changed) = self.warehouse.flush();
+        let sessions = self.warehouse.take_sessions();
+        let dims = self.dim_docs(&[], changed);
+        ViewChanges { facts, sessions, dims, ..ViewChanges::default() }
+    }
+
     /// The state's figures at `cutoff` (see [`super::reconcile`]): every customer with a
     /// figure before it, and the closed days `cutoff − days .. cutoff` the daily series holds.
     pub fn cut(&self, cutoff: NaiveDate, days: u32) -> Result<Cut, CutError> {
@@ -668,6 +679,64 @@ mod tests {
         #[test]
         fn cut_figures_equal_a_recount_and_repairs_set_them(steps in steps(150, 10), back in 0u32..4, bump in 1i64..3) {
             check_cut(&arrivals(&steps), back, bump)?;
+        }
+
+        /// A catch-up that writes only facts and new keys, then one complete flush, leaves
+        /// MongoDB as a catch-up that flushed every view at every step would (the complete
+        /// flush's sweep removes what either left behind): same views, same facts, the same
+        /// last dimension rows.
+        #[test]
+        fn facts_only_flushes_then_a_complete_one_equal_incremental_flushes(steps in steps(150, 40), final_hours in 0i16..72) {
+            let mut config = config(Scoring::Quintile);
+            config.products.window_days = 3;
+            config.trends = TrendConfig { daily_days: 4, weekly_weeks: 2, monthly_months: 2 };
+            let arrivals = arrivals(&steps);
+            let (mut every, mut deferred) = (Engine::new(config.clone()), Engine::new(config));
+            let (mut written, mut loaded) = (Views::default(), Views::default());
+            // as_of never goes back in the service (wall, event and fixed clocks alike).
+            let mut latest = base_time();
+            let mut as_of = |engine: &Engine, hours: i16| {
+                latest = latest.max(engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into()));
+                latest
+            };
+            for arrival in &arrivals {
+                match arrival {
+                    Arrival::Event(d) => {
+                        prop_assert_eq!(every.apply(d), deferred.apply(d));
+                    }
+                    Arrival::Session(d) => {
+                        prop_assert_eq!(every.apply_session(d, 0), deferred.apply_session(d, 0));
+                    }
+                    Arrival::Flush(hours) => {
+                        let as_of = as_of(&every, *hours);
+                        written.apply(every.flush(as_of, false));
+                        loaded.apply(deferred.flush_facts());
+                    }
+                }
+            }
+            let last = as_of(&every, final_hours);
+            // The complete flush replaces each view's content in MongoDB (its deletes are
+            // of documents the sweep removes anyway).
+            let complete = |engine: &mut Engine| {
+                let mut c = engine.flush(last, true);
+                c.products.deletes.clear();
+                c.trends.deletes.clear();
+                c.rfm_deletes.clear();
+                let mut v = Views::default();
+                v.apply(c);
+                v
+            };
+            let (mut a, mut b) = (complete(&mut every), complete(&mut deferred));
+            prop_assert_eq!(&a.rfm, &b.rfm);
+            prop_assert_eq!(&a.products, &b.products);
+            prop_assert_eq!(&a.trends, &b.trends);
+            written.dim_products.append(&mut a.dim_products);
+            written.dim_customers.append(&mut a.dim_customers);
+            loaded.dim_products.append(&mut b.dim_products);
+            loaded.dim_customers.append(&mut b.dim_customers);
+            prop_assert_eq!(&written.facts, &loaded.facts);
+            prop_assert_eq!(&written.dim_products, &loaded.dim_products);
+            prop_assert_eq!(&written.dim_customers, &loaded.dim_customers);
         }
 
         /// Small windows and retentions, so that sliding and eviction happen constantly.

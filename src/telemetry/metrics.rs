@@ -38,6 +38,8 @@ pub struct Metrics {
     pub snapshot_capture_stall: Histogram,
     pub snapshot_positions: IntGaugeVec,
     pub views_converged: IntGauge,
+    pub sink_pending_flushes: IntGauge,
+    pub facts_pending: IntGauge,
     pub stale_documents_removed: IntCounterVec,
     pub restore_duration: Gauge,
     pub latency: Latency,
@@ -198,6 +200,14 @@ impl Metrics {
             views_converged: gauge(
                 "martstream_views_converged",
                 "1 once MongoDB holds a complete flush of the state since this start (stale documents removed); until then /readyz is 503.",
+            ),
+            sink_pending_flushes: gauge(
+                "martstream_sink_pending_flushes",
+                "Flushes handed to the MongoDB sink and not acknowledged yet (0: MongoDB holds everything flushed).",
+            ),
+            facts_pending: gauge(
+                "martstream_facts_pending",
+                "Fact rows applied and not handed to the sink yet; consumption pauses at service.max_pending_facts.",
             ),
             stale_documents_removed: counter_vec(
                 "martstream_stale_documents_removed_total",
