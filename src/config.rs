@@ -19,6 +19,18 @@ pub enum ConfigError {
     Invalid(String),
     #[error("config file {0} does not exist")]
     MissingFile(String),
+    #[error("invalid --set key {0:?}: a dotted TOML key, quoting parts that hold dots (kafka.librdkafka_options.\"fetch.max.bytes\")")]
+    BadKey(String),
+}
+
+/// One `--set key=value` as a TOML table. The key is a TOML dotted key, so a part holding
+/// dots is quoted (`kafka.librdkafka_options."receive.message.max.bytes"`); the value is
+/// TOML, or else taken as a bare string.
+fn override_table(key: &str, value: &str) -> Result<toml::Table, ConfigError> {
+    format!("{key} = {value}").parse::<toml::Table>().or_else(|_| {
+        let quoted = toml::Value::String(value.to_owned());
+        format!("{key} = {quoted}").parse::<toml::Table>().map_err(|_| ConfigError::BadKey(key.to_owned()))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -55,7 +67,35 @@ pub struct KafkaConfig {
     /// How long start-up waits for the broker before giving up.
     pub connect_timeout_ms: u64,
     /// Any librdkafka property, passed through to every client (SASL, TLS, tuning ...).
+    /// Numbers and booleans are taken as librdkafka spells them (`1048576`, `true`).
+    #[serde(deserialize_with = "scalars_as_strings")]
     pub librdkafka_options: BTreeMap<String, String>,
+}
+
+/// librdkafka takes every property as a string; a file or `--set` may write a number or
+/// a boolean for one, and means its text.
+fn scalars_as_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
 }
 
 impl Default for KafkaConfig {
@@ -270,12 +310,7 @@ impl Config {
         // MARTSTREAM_STACK_DIR) are not configuration and are left alone.
         figment = figment.merge(Env::prefixed("MARTSTREAM_").filter(|k| k.as_str().contains("__")).split("__"));
         for (key, value) in overrides {
-            let parsed = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.clone()));
-            figment = figment.merge(Serialized::global(key, parsed));
+            figment = figment.merge(Serialized::globals(override_table(key, value)?));
         }
         let config: Config = figment.extract().map_err(|e| ConfigError::Figment(one_line(&e)))?;
         config.validate()?;
@@ -484,6 +519,24 @@ mod tests {
         assert_eq!(c.kafka.librdkafka_options["security.protocol"], "SASL_SSL");
         assert_eq!(c.mongo.database, "shadow");
         assert_eq!(c.service.flush_interval_ms, 250);
+    }
+
+    #[test]
+    fn set_reaches_librdkafka_properties_through_quoted_keys() {
+        let c = Config::load(
+            None,
+            &[
+                ("kafka.librdkafka_options.\"receive.message.max.bytes\"".into(), "2000000".into()),
+                ("kafka.librdkafka_options.'client.rack'".into(), "rack-a".into()),
+                ("kafka.group_id".into(), "group = with spaces".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.librdkafka_options["receive.message.max.bytes"], "2000000");
+        assert_eq!(c.kafka.librdkafka_options["client.rack"], "rack-a");
+        assert_eq!(c.kafka.group_id, "group = with spaces");
+        let err = Config::load(None, &[("kafka.\"unclosed".into(), "1".into())]).unwrap_err().to_string();
+        assert!(err.contains("invalid --set key") && !err.contains('\n'), "{err}");
     }
 
     #[test]

@@ -86,18 +86,22 @@ fn series(text: &str, name: &str) -> Vec<f64> {
         .collect()
 }
 
-/// Whether every one of `partitions` input partitions reports zero lag.
-async fn read_to_end(port: u16, partitions: usize) -> bool {
-    let Some((200, text)) = get(port, "/metrics").await else { return false };
-    let lag = series(&text, "martstream_consumer_lag_messages");
+/// Whether every one of `partitions` input partitions reports zero lag in `metrics`.
+fn lag_zero(metrics: &str, partitions: usize) -> bool {
+    let lag = series(metrics, "martstream_consumer_lag_messages");
     lag.len() == partitions && lag.iter().all(|&l| l == 0.0)
+}
+
+/// Whether the service read every one of `partitions` input partitions to its end.
+async fn read_to_end(port: u16, partitions: usize) -> bool {
+    matches!(get(port, "/metrics").await, Some((200, text)) if lag_zero(&text, partitions))
 }
 
 /// [`read_to_end`], and MongoDB acknowledged every flush (a SIGTERM then exits at once,
 /// whatever its timeout).
 async fn caught_up(port: u16, partitions: usize) -> bool {
     let Some((200, text)) = get(port, "/metrics").await else { return false };
-    read_to_end(port, partitions).await
+    lag_zero(&text, partitions)
         && series(&text, "martstream_sink_pending_flushes") == vec![0.0]
         && series(&text, "martstream_facts_pending") == vec![0.0]
 }
