@@ -311,7 +311,9 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
     let mut queries = None;
     let mut control = None;
     let mut reconciler = None;
-    if service && config.reconcile.enabled {
+    // Reconciliation on demand is always there in the service; the daily run only when
+    // scheduled.
+    if service {
         let (tx, rx) = crate::reconcile::channel();
         control = Some(rx);
         let pg = crate::reconcile::postgres::Postgres::connect_lazy(&config.postgres)?;
@@ -322,7 +324,9 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
             (metrics.clone(), health.clone()),
             config.reconcile.clone(),
         ));
-        tokio::spawn(crate::reconcile::schedule::run(r.clone(), shutdown.child_token()));
+        if config.reconcile.schedule {
+            tokio::spawn(crate::reconcile::schedule::run(r.clone(), shutdown.child_token()));
+        }
         reconciler = Some(r);
     }
     if serve_http && !config.service.http_listen.is_empty() {

@@ -159,8 +159,12 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
-    /// Run daily at `at` in `time_zone`.
-    pub enabled: bool,
+    /// Run daily at `at` in `time_zone`. Off, `martstream reconcile` (and `POST /reconcile`)
+    /// still run one on demand.
+    pub schedule: bool,
+    /// `enabled`, the former name of `schedule`, still read (and taken as `schedule`).
+    #[serde(default, rename = "enabled", skip_serializing_if = "Option::is_none")]
+    pub former_enabled: Option<bool>,
     /// Local time of day, "HH:MM".
     pub at: String,
     /// IANA time zone name of `at`, e.g. "Europe/Berlin".
@@ -181,7 +185,8 @@ pub struct ReconcileConfig {
 impl Default for ReconcileConfig {
     fn default() -> Self {
         ReconcileConfig {
-            enabled: true,
+            schedule: true,
+            former_enabled: None,
             at: "02:00".into(),
             time_zone: "UTC".into(),
             settle_ms: 3_600_000,
@@ -312,7 +317,10 @@ impl Config {
         for (key, value) in overrides {
             figment = figment.merge(Serialized::globals(override_table(key, value)?));
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError::Figment(one_line(&e)))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Figment(one_line(&e)))?;
+        if let Some(on) = config.reconcile.former_enabled.take() {
+            config.reconcile.schedule = on;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -519,6 +527,16 @@ mod tests {
         assert_eq!(c.kafka.librdkafka_options["security.protocol"], "SASL_SSL");
         assert_eq!(c.mongo.database, "shadow");
         assert_eq!(c.service.flush_interval_ms, 250);
+    }
+
+    #[test]
+    fn reconcile_schedule_is_read_under_its_former_name_too() {
+        let c = Config::load(None, &[("reconcile.schedule".into(), "false".into())]).unwrap();
+        assert!(!c.reconcile.schedule);
+        let f = toml_file("[reconcile]\nenabled = false\n");
+        let c = Config::load(Some(f.path()), &[]).unwrap();
+        assert!(!c.reconcile.schedule && c.reconcile.former_enabled.is_none());
+        assert!(Config::load(None, &[]).unwrap().reconcile.schedule);
     }
 
     #[test]

@@ -120,7 +120,7 @@ async fn reconcile(
     QueryParams(p): QueryParams<ReconcileParams>,
 ) -> axum::response::Response {
     let Some(reconciler) = s.reconciler.clone() else {
-        return problem(StatusCode::NOT_FOUND, "reconciliation is not enabled here (reconcile.enabled = false)".into());
+        return problem(StatusCode::NOT_FOUND, "reconciliation runs in `martstream run`, not in this command".into());
     };
     let cutoff = match p.cutoff.as_deref().map(|c| chrono::NaiveDate::parse_from_str(c, "%Y-%m-%d")) {
         None => None,

@@ -115,6 +115,9 @@ fn scenario(prefix: &str, port: u16, pg: &str) -> Scenario {
         "postgres.connect_timeout_ms=2000".into(),
         "--set".into(),
         "snapshot.enabled=false".into(),
+        // No daily run: every reconciliation here is on demand, which stays available.
+        "--set".into(),
+        "reconcile.schedule=false".into(),
     ];
     s
 }
