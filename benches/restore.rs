@@ -5,7 +5,8 @@
 //! - `snapshot`: encode + atomic write with fsync (what the service does every interval);
 //! - the worker's stall to capture one: the service encodes on the worker at a flush
 //!   boundary and writes off it (issue 13), so the stall is the encode alone; cloning the
-//!   engine (the alternative: encode on another thread) is timed beside it;
+//!   engine (the alternative: encode on another thread) is timed beside it (each the median
+//!   of three);
 //! - `restore`: read the newest snapshot, verify its checksum, decode it into an engine;
 //! - baselines from the same run: reading the file's bytes alone (the I/O floor), and
 //!   rebuilding the same state by re-applying the already-decoded events (what a start
@@ -84,6 +85,19 @@ fn secs(t: Instant) -> f64 {
 }
 
 /// Resident memory of this process, MiB (the service's own reading).
+/// The median of three timings of `f`, in seconds.
+fn median3(mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            secs(t)
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[1]
+}
+
 fn rss_mib() -> f64 {
     martstream::telemetry::resident_bytes().map_or(0.0, |b| b as f64 / 1048576.0)
 }
@@ -110,14 +124,14 @@ fn main() {
         };
         let t = Instant::now();
         let bytes = encode(&meta, &engine);
-        let stall = secs(t);
         let path = store.save(&bytes).unwrap();
         let snapshot = secs(t);
         let size = bytes.len();
-        let t = Instant::now();
-        let copy = engine.clone();
-        let clone = secs(t);
-        drop((bytes, engine, copy));
+        drop(bytes);
+        // The stalls are short and the machine noisy: the median of three of each.
+        let stall = median3(|| drop(encode(&meta, &engine)));
+        let clone = median3(|| drop(engine.clone()));
+        drop(engine);
         let t = Instant::now();
         let raw = std::fs::read(&path).unwrap();
         let read = secs(t);

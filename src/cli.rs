@@ -16,7 +16,7 @@ use crate::checkpoint::{self, Checkpointer};
 use crate::config::{redact_uri, Clock, Config};
 use crate::domain::Engine;
 use crate::health::Health;
-use crate::kafka::dlq::DeadLetters;
+use crate::kafka::dlq::{DeadLetters, Policy as DeadLetterPolicy, SentLetters};
 use crate::kafka::source::{Source, StartAt};
 use crate::kafka::topics::{self, Created};
 use crate::pipeline::{AsOf, Backoff, Cadence, Input, InputKind, Pipeline, Summary, Until, Worker};
@@ -125,6 +125,11 @@ pub struct ReplayArgs {
     /// Read at most this many messages per second (spares the broker and MongoDB).
     #[arg(long, value_name = "MESSAGES_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
+    /// Which rejections go to the dead-letter topics: `new` sends only those whose source
+    /// message the DLQ holds no letter of yet (the live service or an earlier run sent the
+    /// others), `all` every one again, `none` nothing (counted and logged only).
+    #[arg(long, value_enum, default_value = "new")]
+    pub dead_letters: DeadLetterPolicy,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -179,7 +184,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Reconcile(args) => reconcile_now(&config, args).await,
         Command::Run(clock) => {
             let as_of = as_of_policy(clock, config.service.clock);
-            let plan = Plan { start: StartAt::Beginning, as_of, service: true, rate: None, dims_from: None };
+            let plan = Plan {
+                start: StartAt::Beginning,
+                as_of,
+                service: true,
+                rate: None,
+                dims_from: None,
+                dead_letters: DeadLetterPolicy::New,
+            };
             let summary = consume(&config, plan).await?;
             info!(consumed = summary.consumed, "stopped");
             Ok(())
@@ -204,14 +216,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             // Dimensions (and so surrogate keys) start from the live ones, so a swapped-in
             // backfill keeps the live numbering.
             let dims_from = args.into.as_ref().map(|_| live.clone());
-            let plan = Plan { start, as_of, service: false, rate: args.rate, dims_from };
+            let plan =
+                Plan { start, as_of, service: false, rate: args.rate, dims_from, dead_letters: args.dead_letters };
             let s = consume(&config, plan).await?;
             println!(
-                "replayed {} messages: {} applied, {} duplicates, {} dead-lettered; wrote {} documents; as_of {}; read in {:.1} s, then {:.1} s for the last writes",
+                "replayed {} messages: {} applied, {} duplicates, {} dead-lettered ({} already in the DLQ or --dead-letters none, not sent); wrote {} documents; as_of {}; read in {:.1} s, then {:.1} s for the last writes",
                 s.consumed,
                 s.applied,
                 s.duplicates,
                 s.dead_lettered,
+                s.rejected_not_sent,
                 s.documents_written,
                 s.as_of.map_or("-".into(), |t| t.to_rfc3339()),
                 s.reading.as_secs_f64(),
@@ -281,11 +295,13 @@ struct Plan {
     rate: Option<u32>,
     /// A backfill: copy this (live) database's dimensions into the one written, first.
     dims_from: Option<String>,
+    /// Which rejections are sent to the DLQ (`run`: each bad message once).
+    dead_letters: DeadLetterPolicy,
 }
 
 /// Starts every adapter, then consumes: to the end of the topic (`replay`) or until a signal.
 async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
-    let Plan { start, as_of, service, rate, dims_from } = plan;
+    let Plan { start, as_of, service, rate, dims_from, dead_letters } = plan;
     let (to_end, serve_http) = (!service, service);
     let metrics = Metrics::new();
     let health = Arc::new(Health::new(config.service.ready_max_lag));
@@ -307,7 +323,6 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
     }
     sink.prepare().await?;
     health.set_mongo_ok(true);
-    let dlq = DeadLetters::new(&config.kafka)?;
     let mut queries = None;
     let mut control = None;
     let mut reconciler = None;
@@ -372,6 +387,7 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
     let end: std::collections::BTreeMap<_, _> =
         source.watermarks()?.into_iter().map(|(tp, (_, high))| (tp, high)).collect();
     let positions = source.assign(&start).context("assigning partitions")?;
+    let dlq = dead_letter_producer(config, dead_letters, &source.topics, &positions)?;
     health.set_partitions(positions.len());
     metrics.partitions_assigned.set(positions.len() as i64);
     health.set_state_ready(true);
@@ -409,6 +425,28 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
     worker = worker.converge_after(end.clone(), slack);
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
     Ok(Pipeline { source, worker, queries, control }.run(sink, until, to_end, shutdown).await)
+}
+
+/// The DLQ producer; with [`DeadLetterPolicy::New`], after reading which source messages
+/// from `positions` on the DLQ topics already hold a letter of.
+fn dead_letter_producer(
+    config: &Config,
+    policy: DeadLetterPolicy,
+    topics: &[String],
+    positions: &std::collections::BTreeMap<(usize, i32), i64>,
+) -> Result<DeadLetters> {
+    let k = &config.kafka;
+    let mut sent = SentLetters::default();
+    if policy == DeadLetterPolicy::New {
+        let t = std::time::Instant::now();
+        let from = positions.iter().map(|(&(t, p), &o)| ((topics[t].clone(), p), o)).collect();
+        let dlq_topics: Vec<String> =
+            [&k.dlq_topic, &k.sessions_dlq_topic].into_iter().filter(|t| !t.is_empty()).cloned().collect();
+        sent = tokio::task::block_in_place(|| SentLetters::load(k, &dlq_topics, &from))
+            .context("reading the dead-letter topics for the letters already sent")?;
+        info!(letters = sent.len(), seconds = t.elapsed().as_secs_f64(), "dead letters already sent, not sent again");
+    }
+    Ok(DeadLetters::new(k, policy, sent)?)
 }
 
 /// First SIGTERM/SIGINT: graceful (flush, then exit). Second: exit at once. The signal

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::Checkpointer;
 use crate::domain::session::decode_session;
@@ -91,6 +91,8 @@ pub struct Summary {
     pub applied: u64,
     pub duplicates: u64,
     pub dead_lettered: u64,
+    /// Rejected, and not sent to the DLQ by the dead-letter policy (already there).
+    pub rejected_not_sent: u64,
     pub documents_written: u64,
     pub as_of: Option<DateTime<Utc>>,
     pub positions: BTreeMap<TopicPartition, i64>,
@@ -339,8 +341,19 @@ impl Worker {
                 offset: m.offset(),
                 timestamp_ms: message_ts,
             };
-            let dlq_topic = self.inputs[topic].dlq_topic.clone();
-            self.dead_letter(&dlq_topic, m.key(), m.payload(), &rejection, &from).await;
+            if self.dlq.wanted(&from) {
+                let dlq_topic = self.inputs[topic].dlq_topic.clone();
+                self.dead_letter(&dlq_topic, m.key(), m.payload(), &rejection, &from).await;
+            } else {
+                self.summary.rejected_not_sent += 1;
+                self.metrics.dead_letters_not_sent.with_label_values(&[rejection.reason.as_str()]).inc();
+                debug!(
+                    reason = rejection.reason.as_str(),
+                    partition = from.partition,
+                    offset = from.offset,
+                    "rejected; not dead-lettered again (the DLQ holds it, or --dead-letters none)"
+                );
+            }
         }
         self.positions.insert((topic, m.partition()), m.offset() + 1);
     }

@@ -100,6 +100,21 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
     recompute::assert_rfm_equal(&again, &expected, as_of);
     recompute::check_star_schema(&db, &applied).await.unwrap();
     assert_eq!(key(&s.collection("dim_product").await), key(&keys_before));
+    // Three replays, and still each bad message once in the DLQ.
+    assert_each_bad_message_lettered_once(&s, &messages);
+}
+
+/// The transactions DLQ holds exactly one letter per rejected message of `messages`.
+fn assert_each_bad_message_lettered_once(s: &Scenario, messages: &[loadtest::Message]) {
+    let rejected = messages.iter().filter(|m| matches!(m.label, Label::Malformed(_) | Label::Conflicting)).count();
+    let letters = read_topic(&s.dlq, rejected);
+    let mut sources = BTreeMap::new();
+    for l in &letters {
+        *sources.entry((l.headers["source_partition"].clone(), l.headers["source_offset"].clone())).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = sources.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "source messages lettered more than once: {twice:?}");
+    assert_eq!(letters.len(), rejected, "one letter per rejected message");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,6 +199,11 @@ async fn a_backfill_into_a_shadow_database_then_swap_never_shows_a_partial_view(
     assert!(started.elapsed() >= std::time::Duration::from_secs(2), "--rate 2500 paces 6000 messages");
     assert!(polls >= 5, "the live view was watched during the backfill ({polls} reads)");
     assert!(stdout.contains(&format!("swapped 11 collections from {shadow} into {}", s.database)), "{stdout}");
+    // The first half's bad messages were lettered by the first replay; the backfill sent
+    // only the second half's.
+    let first_half = first.iter().filter(|m| matches!(m.label, Label::Malformed(_) | Label::Conflicting)).count();
+    assert!(first_half > 0 && stdout.contains(&format!("({first_half} already in the DLQ")), "{stdout}");
+    assert_each_bad_message_lettered_once(&s, &messages);
 
     let db = common::mongo().await.database(&s.database);
     recompute::check_every_view(&db, &messages, &[], as_of, true).await.unwrap();

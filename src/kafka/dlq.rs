@@ -6,12 +6,20 @@
 //! cost a broker round trip each. The pipeline settles every outstanding delivery before a
 //! snapshot and at shutdown, so a position is never recorded past an unconfirmed letter;
 //! a delivery that failed for good is sent again.
+//!
+//! Each bad message is lettered once: at start, the DLQ topics are read for the letters
+//! already there ([`SentLetters`], by their `source_*` headers), and a rejection whose
+//! source message has one is not sent again, whoever sent it (the live service, an earlier
+//! backfill, this process before a crash). `replay --dead-letters all|new|none` chooses.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::context::LogContext;
 use super::{client_config, KafkaError};
@@ -31,6 +39,127 @@ pub struct DeadLetters {
     producer: FutureProducer<LogContext>,
     /// Deliveries not confirmed yet.
     pending: VecDeque<DeliveryFuture>,
+    policy: Policy,
+    /// With [`Policy::New`]: the letters the DLQ held at start.
+    sent: SentLetters,
+}
+
+/// Which rejections are sent to the DLQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Every rejection, even one whose source message the DLQ already holds a letter of.
+    All,
+    /// Those whose source message the DLQ holds no letter of yet (each bad message once).
+    New,
+    /// None: rejections are counted and logged only.
+    None,
+}
+
+/// Source messages (topic, partition, offset) the DLQ topics hold a letter of.
+#[derive(Debug, Default)]
+pub struct SentLetters {
+    by_source: BTreeMap<(String, i32), HashSet<i64>>,
+}
+
+impl SentLetters {
+    pub fn contains(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        // A BTreeMap keyed by owned strings: look up without allocating.
+        self.by_source
+            .range((topic.to_owned(), partition)..=(topic.to_owned(), partition))
+            .next()
+            .is_some_and(|(_, offsets)| offsets.contains(&offset))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_source.values().map(HashSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records the letter whose headers are `headers`; a message without the source
+    /// headers (not written by martstream) is ignored. Only source offsets at or after
+    /// `from` (where this reader starts on that partition) are kept: the others are never
+    /// read again.
+    fn record(&mut self, headers: &rdkafka::message::BorrowedHeaders, from: &BTreeMap<(String, i32), i64>) {
+        let mut source = (None, None, None);
+        for h in headers.iter() {
+            let text = h.value.and_then(|v| std::str::from_utf8(v).ok());
+            match h.key {
+                "source_topic" => source.0 = text.map(str::to_owned),
+                "source_partition" => source.1 = text.and_then(|t| t.parse::<i32>().ok()),
+                "source_offset" => source.2 = text.and_then(|t| t.parse::<i64>().ok()),
+                _ => {}
+            }
+        }
+        if let (Some(topic), Some(partition), Some(offset)) = source {
+            let key = (topic, partition);
+            if from.get(&key).is_some_and(|&start| offset >= start) {
+                self.by_source.entry(key).or_default().insert(offset);
+            }
+        }
+    }
+
+    /// Reads `dlq_topics` from their beginning to their current end. `from`: where this
+    /// reader starts, per source (topic, partition); letters of other sources, or of
+    /// earlier offsets, are not kept. A DLQ topic that does not exist holds nothing.
+    pub fn load(
+        kafka: &KafkaConfig,
+        dlq_topics: &[String],
+        from: &BTreeMap<(String, i32), i64>,
+    ) -> Result<SentLetters, KafkaError> {
+        let mut config = client_config(kafka);
+        config
+            .set("group.id", format!("{}-dlq-index", kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer<LogContext> = config.create_with_context(LogContext::default())?;
+        let timeout = Duration::from_millis(kafka.connect_timeout_ms);
+        let mut assignment = TopicPartitionList::new();
+        let mut end = BTreeMap::new();
+        for topic in dlq_topics {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+            for t in metadata.topics().iter().filter(|t| t.name() == topic && t.error().is_none()) {
+                for p in t.partitions() {
+                    let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                    if high > low {
+                        assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                        end.insert((topic.clone(), p.id()), high);
+                    }
+                }
+            }
+        }
+        let mut sent = SentLetters::default();
+        if end.is_empty() {
+            return Ok(sent);
+        }
+        consumer.assign(&assignment)?;
+        let mut quiet_since = Instant::now();
+        while !end.is_empty() {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    quiet_since = Instant::now();
+                    if let Some(h) = m.headers() {
+                        sent.record(h, from);
+                    }
+                    let key = (m.topic().to_owned(), m.partition());
+                    if end.get(&key).is_some_and(|&high| m.offset() + 1 >= high) {
+                        end.remove(&key);
+                    }
+                }
+                Some(Err(e)) => return Err(KafkaError::Client(e)),
+                None if quiet_since.elapsed() > timeout => {
+                    return Err(KafkaError::Invalid(format!(
+                        "reading the dead-letter topics stalled for {timeout:?} before their end ({} partitions left)",
+                        end.len()
+                    )))
+                }
+                None => {}
+            }
+        }
+        Ok(sent)
+    }
 }
 
 /// A letter whose delivery failed for good (after librdkafka's own retries).
@@ -40,13 +169,24 @@ pub struct Undelivered {
 }
 
 impl DeadLetters {
-    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+    /// A producer that sends by `policy`; with [`Policy::New`], `sent` are the letters the
+    /// DLQ already holds.
+    pub fn new(kafka: &KafkaConfig, policy: Policy, sent: SentLetters) -> Result<Self, KafkaError> {
         let mut config = client_config(kafka);
         config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
         // Created after the source confirmed the broker: its problems are warnings at once.
         let context = LogContext::default();
         context.mark_started();
-        Ok(DeadLetters { producer: config.create_with_context(context)?, pending: VecDeque::new() })
+        Ok(DeadLetters { producer: config.create_with_context(context)?, pending: VecDeque::new(), policy, sent })
+    }
+
+    /// Whether a rejection of the message at `from` is to be sent, by the policy.
+    pub fn wanted(&self, from: &SourcePosition<'_>) -> bool {
+        match self.policy {
+            Policy::All => true,
+            Policy::New => !self.sent.contains(from.topic, from.partition, from.offset),
+            Policy::None => false,
+        }
     }
 
     /// Deliveries not confirmed yet.
@@ -132,5 +272,33 @@ impl DeadLetters {
         let delivery = self.producer.send_result(record).map_err(|(e, _)| KafkaError::Client(e))?;
         self.pending.push_back(delivery);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_letters_are_found_by_source_and_only_from_the_readers_start() {
+        let headers = |topic: &str, partition: &str, offset: &str| {
+            OwnedHeaders::new()
+                .insert(Header { key: "reason", value: Some("invalid_json") })
+                .insert(Header { key: "source_topic", value: Some(topic) })
+                .insert(Header { key: "source_partition", value: Some(partition) })
+                .insert(Header { key: "source_offset", value: Some(offset) })
+        };
+        let from = BTreeMap::from([(("sales".to_owned(), 0), 10), (("sales".to_owned(), 1), 0)]);
+        let mut sent = SentLetters::default();
+        for (t, p, o) in
+            [("sales", "0", "12"), ("sales", "0", "3"), ("sales", "1", "7"), ("other", "0", "12"), ("sales", "x", "1")]
+        {
+            sent.record(headers(t, p, o).as_borrowed(), &from);
+        }
+        sent.record(OwnedHeaders::new().insert(Header { key: "reason", value: Some("x") }).as_borrowed(), &from);
+        assert!(sent.contains("sales", 0, 12) && sent.contains("sales", 1, 7));
+        assert!(!sent.contains("sales", 0, 3), "before where this reader starts");
+        assert!(!sent.contains("other", 0, 12) && !sent.contains("sales", 1, 12));
+        assert_eq!(sent.len(), 2);
     }
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub events_applied: IntCounterVec,
     pub events_duplicate: IntCounter,
     pub events_dlq: IntCounterVec,
+    pub dead_letters_not_sent: IntCounterVec,
     pub refunds_unmatched: IntCounter,
     pub late_events: IntCounterVec,
     pub documents_written: IntCounterVec,
@@ -80,6 +81,11 @@ impl Metrics {
             events_dlq: counter_vec(
                 "martstream_events_dlq_total",
                 "Messages sent to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            dead_letters_not_sent: counter_vec(
+                "martstream_dead_letters_not_sent_total",
+                "Rejected messages not sent to the dead-letter topic again: it already held their letter (or --dead-letters none), by reason.",
                 &["reason"],
             ),
             refunds_unmatched: counter(
@@ -248,6 +254,7 @@ impl Metrics {
         // Expose every reason from the start, so a rate() over them works before the first one.
         for reason in RejectReason::ALL {
             m.events_dlq.with_label_values(&[reason.as_str()]);
+            m.dead_letters_not_sent.with_label_values(&[reason.as_str()]);
         }
         for kind in ["purchase", "refund", "session"] {
             m.events_applied.with_label_values(&[kind]);
