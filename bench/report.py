@@ -198,6 +198,7 @@ encodes the state at a flush boundary (issue 13's aligned checkpoint) and hands 
 to a task that writes them once MongoDB acknowledged that flush. "Clone instead" is what
 copying the state to encode it off the worker would stall instead: no less, so the
 encode stays on the worker until the state is incremental (a later issue's layout).
+Both are medians of three.
 
 {restore}
 

@@ -142,6 +142,8 @@ fn snapshot_progress(dir: &Path) -> i64 {
 async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_every_view_exact() {
     let snapshots = tempfile::tempdir().unwrap();
     let port = free_port();
+    let began = Instant::now();
+    let phase = |what: &str| eprintln!("[{:6.1} s] {what}", began.elapsed().as_secs_f64());
     let mut s = scenario("e2e_crash", port, snapshots.path());
     s.create_topics();
     let config = GenConfig {
@@ -159,6 +161,7 @@ async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_e
     let (later, tail_sessions) = (messages.split_off(500_000), sessions.split_off(19_000));
     s.produce(&messages).await;
     common::produce(&s.sessions, &sessions).await;
+    phase("produced");
     // One as_of for every life of the service, so every document is comparable.
     let all: Vec<_> = messages.iter().chain(&later).cloned().collect();
     let as_of = recompute::event_clock(&recompute::applied(&all));
@@ -209,12 +212,14 @@ async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_e
     eprintln!("seed {seed}: (kill after ms, read for ms, snapshot position) per life: {lives:?}");
     assert!(grew >= 5, "the snapshot moved forward in only {grew} of 8 lives: {lives:?}\n{}", tail(&log));
     s.extra.truncate(s.extra.len() - 2);
+    phase("8 lives killed");
 
     // A last life to the end of the backlog, then a clean stop.
     let service = Service::start(&s, as_of, &log);
     assert!(eventually(Duration::from_secs(400), || caught_up(port, 8)).await, "never caught up:\n{}", tail(&log));
     assert!(eventually(Duration::from_secs(60), || ready(port)).await, "never ready:\n{}", tail(&log));
     service.stop(&log).await;
+    phase("caught up and stopped");
     let db = common::mongo().await.database(&s.database);
     let check = |m: Vec<loadtest::Message>, ss: Vec<loadtest::Message>| {
         let db = db.clone();
@@ -223,6 +228,7 @@ async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_e
     if let Err(e) = check(messages.clone(), sessions.clone()).await {
         panic!("after {} kill -9 (seed {seed}): {e}\n{}", lives.len(), tail(&log));
     }
+    phase("checked");
 
     // The newest snapshot corrupted: the service says so, falls back to the one before and
     // replays from there.
@@ -237,6 +243,7 @@ async fn kill_9_every_few_seconds_makes_progress_and_a_corrupt_snapshot_leaves_e
     assert!(eventually(Duration::from_secs(120), || caught_up(port, 8)).await, "never caught up:\n{}", tail(&log));
     assert!(eventually(Duration::from_secs(60), || ready(port)).await, "never ready:\n{}", tail(&log));
     service.stop(&log).await;
+    phase("fallback caught up and stopped");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("checksum mismatch"), "the corrupt snapshot is reported:\n{}", tail(&log));
     messages.extend(later);
