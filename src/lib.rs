@@ -9,7 +9,8 @@
 //!   `domain::batch` recomputes the same views from scratch (the tests' oracle).
 //! - [`config`]: the one typed configuration (defaults → TOML → env → CLI), validated.
 //! - [`kafka`]: adapters to the broker: the input [`kafka::source`] (manual assignment,
-//!   own offsets), the dead-letter producer [`kafka::dlq`], and [`kafka::topics`] creation.
+//!   own offsets), the dead-letter producer with its index of the letters already sent
+//!   [`kafka::dlq`], and [`kafka::topics`] creation.
 //! - [`sink`]: the MongoDB sink: view documents as BSON, idempotent batched upserts, the
 //!   batch design's indexes.
 //! - [`pipeline`]: the loop that wires source → engine → sink, with flush cadence,
