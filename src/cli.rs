@@ -254,16 +254,22 @@ async fn reconcile_now(config: &Config, args: &ReconcileArgs) -> Result<()> {
     if let Some(c) = args.cutoff {
         url.push_str(&format!("&cutoff={c}"));
     }
-    let answer =
-        tokio::task::spawn_blocking(move || match ureq::post(&url).timeout(Duration::from_secs(3600)).call() {
+    let token = config.service.api_token.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut request = ureq::post(&url).timeout(Duration::from_secs(3600));
+        if !token.is_empty() {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.call() {
             Ok(r) => r.into_json::<serde_json::Value>().map_err(anyhow::Error::from),
             Err(ureq::Error::Status(code, r)) => {
                 let body: serde_json::Value = r.into_json().unwrap_or_default();
                 Err(anyhow::anyhow!("the service answered {code}: {}", body["error"].as_str().unwrap_or("?")))
             }
             Err(e) => Err(anyhow::anyhow!("cannot reach the service at {addr} (is `martstream run` up?): {e}")),
-        })
-        .await??;
+        }
+    })
+    .await??;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     let outcome = answer["outcome"].as_str().unwrap_or("?");
     eprintln!(
@@ -351,6 +357,7 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
             &config.service.http_listen,
             (metrics.clone(), health.clone()),
             (client, reconciler),
+            &config.service.api_token,
             shutdown.child_token(),
         )
         .await?;

@@ -228,6 +228,11 @@ pub struct ServiceConfig {
     pub flush_interval_ms: u64,
     /// Address of /metrics, /healthz and /readyz; empty to serve none.
     pub http_listen: String,
+    /// When set, every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise);
+    /// /metrics, /healthz and /readyz stay open. A secret: masked wherever shown.
+    pub api_token: String,
+    /// Serve `/v1` on a non-loopback `http_listen` without `api_token` (refused otherwise).
+    pub allow_unauthenticated: bool,
     /// First and longest wait between retries of a failed MongoDB write or DLQ send.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -250,6 +255,8 @@ impl Default for ServiceConfig {
             clock: Clock::Wall,
             flush_interval_ms: 1000,
             http_listen: "127.0.0.1:9464".into(),
+            api_token: String::new(),
+            allow_unauthenticated: false,
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
             max_pending_facts: 20_000,
@@ -384,6 +391,17 @@ impl Config {
         if self.service.retry_max_ms < self.service.retry_initial_ms {
             return bad("service.retry_max_ms must be at least service.retry_initial_ms".into());
         }
+        let listen = &self.service.http_listen;
+        if !listen.is_empty()
+            && !is_loopback(listen)
+            && self.service.api_token.is_empty()
+            && !self.service.allow_unauthenticated
+        {
+            return bad(format!(
+                "service.http_listen {listen:?} is reachable from other hosts and service.api_token is empty: set a token \
+                 (MARTSTREAM_SERVICE__API_TOKEN) or service.allow_unauthenticated = true"
+            ));
+        }
         if self.snapshot.enabled && (self.snapshot.dir.is_empty() || self.snapshot.interval_ms == 0) {
             return bad("snapshot.dir must be set and snapshot.interval_ms positive".into());
         }
@@ -420,6 +438,9 @@ impl Config {
         let mut shown = self.clone();
         shown.mongo.uri = redact_uri(&shown.mongo.uri);
         shown.postgres.url = redact_uri(&shown.postgres.url);
+        if !shown.service.api_token.is_empty() {
+            shown.service.api_token = "***".into();
+        }
         for (key, value) in shown.kafka.librdkafka_options.iter_mut() {
             if is_secret_key(key) {
                 *value = "****".into();
@@ -427,6 +448,12 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
+}
+
+/// Whether a listen address (`host:port`) accepts connections from this host only.
+fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a librdkafka property holds a secret.
@@ -527,6 +554,23 @@ mod tests {
         assert_eq!(c.kafka.librdkafka_options["security.protocol"], "SASL_SSL");
         assert_eq!(c.mongo.database, "shadow");
         assert_eq!(c.service.flush_interval_ms, 250);
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_a_token_or_an_explicit_opt_out() {
+        let load = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+            Config::load(None, &pairs)
+        };
+        for open in ["127.0.0.1:9464", "localhost:1", "[::1]:9464", ""] {
+            assert!(load(&[("service.http_listen", open)]).is_ok(), "{open}");
+        }
+        let err = load(&[("service.http_listen", "0.0.0.0:9464")]).unwrap_err().to_string();
+        assert!(err.contains("service.api_token is empty") && !err.contains('\n'), "{err}");
+        assert!(load(&[("service.http_listen", "0.0.0.0:9464"), ("service.api_token", "s3cret")]).is_ok());
+        assert!(load(&[("service.http_listen", "[::]:9464"), ("service.allow_unauthenticated", "true")]).is_ok());
+        let c = load(&[("service.api_token", "s3cret-token")]).unwrap();
+        assert!(!c.redacted_toml().contains("s3cret-token"));
     }
 
     #[test]

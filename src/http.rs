@@ -26,23 +26,54 @@ struct AppState {
     reconciler: Option<Arc<Reconciler>>,
 }
 
+/// Largest request body taken (no endpoint reads one today; POST /v1/reconcile takes its
+/// parameters in the query string).
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
 pub fn router(
     metrics: Metrics,
     health: Arc<Health>,
     queries: QueryClient,
-    reconciler: Option<Arc<Reconciler>>,
+    (reconciler, api_token): (Option<Arc<Reconciler>>, Option<Arc<str>>),
 ) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let api = Router::new()
         .route("/v1/customers/{id}", get(customer))
         .route("/v1/segments", get(segments))
         .route("/v1/products/top", get(top_products))
         .route("/v1/trends/{granularity}", get(trends))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/reconcile", post(reconcile))
+        .route_layer(axum::middleware::from_fn_with_state(api_token, require_token));
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { metrics, health, queries, reconciler })
+}
+
+/// With a token configured, a request passes only with `Authorization: Bearer <token>`
+/// (compared in constant time); 401 otherwise.
+async fn require_token(
+    State(token): State<Option<Arc<str>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use subtle::ConstantTimeEq;
+    let Some(token) = token else { return next.run(request).await };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (service.api_token)".into());
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response
 }
 
 const OPENAPI: &str = include_str!("../docs/openapi.json");
@@ -152,12 +183,14 @@ pub async fn serve(
     listen: &str,
     (metrics, health): (Metrics, Arc<Health>),
     (queries, reconciler): (QueryClient, Option<Arc<Reconciler>>),
+    api_token: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let app = router(metrics, health, queries, reconciler);
+    let token = (!api_token.is_empty()).then(|| Arc::from(api_token));
+    let app = router(metrics, health, queries, (reconciler, token));
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });

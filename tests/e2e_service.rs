@@ -251,7 +251,8 @@ fn fails(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn failures_at_start_are_one_line_and_a_non_zero_exit() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["--set", "service.http_listen=0.0.0.0:9464", "run"], "service.api_token is empty"),
         (&["--set", "kafka.brokrs=x", "check-config"], "kafka.brokrs"),
         (&["--config", "/nonexistent/martstream.toml", "run"], "does not exist"),
         (&["--set", "views.rfm.scoring=deciles", "check-config"], "views.rfm.scoring"),
@@ -296,4 +297,54 @@ async fn an_unreachable_mongodb_at_start_is_one_line() {
     assert_ne!(code, 0);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot reach MongoDB at mongodb://127.0.0.1:1/"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_api_token_v1_needs_it_and_the_probes_stay_open() {
+    let mut s = Scenario::new("e2e_token");
+    let port = free_port();
+    let token = "tok-7f3a9c1e5b";
+    s.extra = vec![
+        "--set".into(),
+        format!("service.http_listen=127.0.0.1:{port}"),
+        "--set".into(),
+        format!("service.api_token={token}"),
+        "--set".into(),
+        "snapshot.enabled=false".into(),
+    ];
+    s.create_topics();
+    let (service, log) = s.spawn_run();
+    let base = format!("127.0.0.1:{port}");
+    let request = |path: &str, auth: Option<String>| {
+        let base = base.clone();
+        let path = path.to_owned();
+        async move { common::request(&base, "GET", &path, auth.as_deref()).await }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async { request("/healthz", None).await.is_some() }).await,
+        "the service never answered:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    for path in ["/v1/segments", "/v1/openapi.json", "/v1/customers/c1"] {
+        for auth in
+            [None, Some("Bearer wrong".to_owned()), Some(format!("Basic {token}")), Some(format!("Bearer {token}x"))]
+        {
+            let (code, body) = request(path, auth.clone()).await.unwrap();
+            assert_eq!(code, 401, "{path} with {auth:?}: {body}");
+            assert!(body.contains("bearer token"), "{body}");
+        }
+        let (code, _) = request(path, Some(format!("Bearer {token}"))).await.unwrap();
+        assert_ne!(code, 401, "{path} with the token");
+    }
+    for probe in ["/metrics", "/healthz", "/readyz"] {
+        let (code, _) = request(probe, None).await.unwrap();
+        assert!(code == 200 || code == 503, "{probe} stays open: {code}");
+    }
+    // `martstream reconcile` sends the configured token: a wrong one is one line, exit != 0.
+    let out = s.command(&["--set", "service.api_token=wrong", "reconcile", "--service", &base]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("401"), "{stderr}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains(token), "the token appears in the log");
+    drop(service);
 }
