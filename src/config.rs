@@ -439,7 +439,7 @@ impl Config {
         shown.mongo.uri = redact_uri(&shown.mongo.uri);
         shown.postgres.url = redact_uri(&shown.postgres.url);
         if !shown.service.api_token.is_empty() {
-            shown.service.api_token = "***".into();
+            shown.service.api_token = "****".into();
         }
         for (key, value) in shown.kafka.librdkafka_options.iter_mut() {
             if is_secret_key(key) {

@@ -12,7 +12,7 @@
 //! source message has one is not sent again, whoever sent it (the live service, an earlier
 //! backfill, this process before a crash). `replay --dead-letters all|new|none` chooses.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -58,20 +58,17 @@ pub enum Policy {
 /// Source messages (topic, partition, offset) the DLQ topics hold a letter of.
 #[derive(Debug, Default)]
 pub struct SentLetters {
-    by_source: BTreeMap<(String, i32), HashSet<i64>>,
+    /// Source topic → partition → offsets.
+    by_source: HashMap<String, HashMap<i32, HashSet<i64>>>,
 }
 
 impl SentLetters {
     pub fn contains(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        // A BTreeMap keyed by owned strings: look up without allocating.
-        self.by_source
-            .range((topic.to_owned(), partition)..=(topic.to_owned(), partition))
-            .next()
-            .is_some_and(|(_, offsets)| offsets.contains(&offset))
+        self.by_source.get(topic).and_then(|p| p.get(&partition)).is_some_and(|offsets| offsets.contains(&offset))
     }
 
     pub fn len(&self) -> usize {
-        self.by_source.values().map(HashSet::len).sum()
+        self.by_source.values().flat_map(HashMap::values).map(HashSet::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -96,7 +93,7 @@ impl SentLetters {
         if let (Some(topic), Some(partition), Some(offset)) = source {
             let key = (topic, partition);
             if from.get(&key).is_some_and(|&start| offset >= start) {
-                self.by_source.entry(key).or_default().insert(offset);
+                self.by_source.entry(key.0).or_default().entry(partition).or_default().insert(offset);
             }
         }
     }
