@@ -78,7 +78,8 @@ async fn main() -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(&url).await?;
     sqlx::query("VACUUM ANALYZE transactions").execute(&pool).await?;
 
-    let postgres = Postgres::connect_lazy(&PostgresConfig { url: url.clone(), connect_timeout_ms: 10_000 })?;
+    let postgres =
+        Postgres::connect_lazy(&PostgresConfig { url: url.clone(), connect_timeout_ms: 10_000, ..Default::default() })?;
     let cutoff = engine.watermark().unwrap_or(start).date_naive() - Duration::days(1);
     let cutoff_day = epoch_day(cutoff);
     // Warm both once (buffer cache), then time each twice and keep the better.

@@ -176,9 +176,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let pg = crate::reconcile::postgres::Postgres::connect_lazy(&config.postgres)?;
+            let owner = config.postgres.for_migrate();
+            let pg = crate::reconcile::postgres::Postgres::connect_lazy(&owner)?;
             pg.migrate().await?;
-            println!("schema up to date in {}", redact_uri(&config.postgres.url));
+            println!("schema up to date in {}", redact_uri(&owner.url));
             Ok(())
         }
         Command::Reconcile(args) => reconcile_now(&config, args).await,

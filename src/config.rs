@@ -140,15 +140,27 @@ impl Default for MongoConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
+    /// The reconciliation's login: it only reads (`martstream_reader` in the local stack).
     pub url: String,
+    /// The schema owner's login, used by `martstream migrate` only; empty: `url`.
+    pub migrate_url: String,
     /// How long a reconciliation waits for a connection before the run counts as failed.
     pub connect_timeout_ms: u64,
+}
+
+impl PostgresConfig {
+    /// The configuration `martstream migrate` connects with: the owner's URL if set.
+    pub fn for_migrate(&self) -> PostgresConfig {
+        let url = if self.migrate_url.is_empty() { self.url.clone() } else { self.migrate_url.clone() };
+        PostgresConfig { url, ..self.clone() }
+    }
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
             url: "postgres://globalmart:globalmart123@127.0.0.1:55432/globalmart".into(),
+            migrate_url: String::new(),
             connect_timeout_ms: 10_000,
         }
     }
@@ -438,6 +450,7 @@ impl Config {
         let mut shown = self.clone();
         shown.mongo.uri = redact_uri(&shown.mongo.uri);
         shown.postgres.url = redact_uri(&shown.postgres.url);
+        shown.postgres.migrate_url = redact_uri(&shown.postgres.migrate_url);
         if !shown.service.api_token.is_empty() {
             shown.service.api_token = "****".into();
         }

@@ -15,19 +15,23 @@ use loadtest::{GenConfig, Generator, Message};
 use serde_json::{json, Value};
 use sqlx::Row;
 
-fn pg_url(database: &str) -> String {
-    let base = std::env::var("MARTSTREAM_POSTGRES__URL")
-        .unwrap_or_else(|_| "postgres://globalmart:globalmart123@127.0.0.1:55432/globalmart".into());
+/// `database` on the stack's PostgreSQL, as its owner (`scripts/stack env`'s migrate URL,
+/// which creates, migrates and loads it) or as the reconciliation's read-only login.
+fn pg_url(database: &str, owner: bool) -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (url, migrate) = (var("MARTSTREAM_POSTGRES__URL"), var("MARTSTREAM_POSTGRES__MIGRATE_URL"));
+    let base = if owner { migrate.or(url) } else { url }
+        .unwrap_or_else(|| "postgres://globalmart:globalmart123@127.0.0.1:55432/globalmart".into());
     let (server, _) = base.rsplit_once('/').expect("a database in the url");
     format!("{server}/{database}")
 }
 
-/// A fresh database on the stack's PostgreSQL.
-async fn fresh_pg(s: &Scenario) -> String {
+/// A fresh database on the stack's PostgreSQL: (the owner's URL, the reader's URL).
+async fn fresh_pg(s: &Scenario) -> (String, String) {
     let name = s.database.to_lowercase();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_url("globalmart")).await.unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_url("globalmart", true)).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    pg_url(&name)
+    (pg_url(&name, true), pg_url(&name, false))
 }
 
 /// Routes the messages: those for Kafka are returned, the rest written to PostgreSQL.
@@ -132,8 +136,8 @@ fn messages(seed: u64) -> (Vec<Message>, DateTime<Utc>) {
 async fn injected_drift_is_counted_exactly_and_repair_makes_the_views_equal_postgres() {
     let port = free_port();
     let mut s = scenario("e2e_recon", port, "");
-    let pg = fresh_pg(&s).await;
-    s.extra[3] = format!("postgres.url={pg}");
+    let (pg, reader) = fresh_pg(&s).await;
+    s.extra[3] = format!("postgres.url={reader}");
     s.create_topics();
     let (all, start) = messages(21);
     let drift = Drift {
@@ -196,8 +200,8 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_the_views_equal_post
 async fn without_drift_nothing_differs_and_an_unreachable_postgres_is_a_failed_run() {
     let port = free_port();
     let mut s = scenario("e2e_recon_clean", port, "");
-    let pg = fresh_pg(&s).await;
-    s.extra[3] = format!("postgres.url={pg}");
+    let (pg, reader) = fresh_pg(&s).await;
+    s.extra[3] = format!("postgres.url={reader}");
     s.create_topics();
     let (all, _) = messages(22);
     let (kafka, _) = split(&all, &Drift::default(), &pg).await;

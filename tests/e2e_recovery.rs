@@ -390,7 +390,7 @@ async fn sigterm_while_mongodb_is_slow_exits_0_within_the_timeout_and_loses_noth
     let mut mongo = private_mongod(&data.path().join("mongo"), mongo_port, &["--setParameter", "enableTestCommands=1"]);
     mongo.start();
     let mongo_uri = format!("mongodb://127.0.0.1:{mongo_port}/?directConnection=true");
-    std::env::set_var("MARTSTREAM_MONGO__URI", &mongo_uri);
+    std::env::set_var("MARTSTREAM_TEST_MONGO_URI", &mongo_uri);
     let timeout_ms = 4000;
     let mut s = scenario("e2e_sigterm", port, &data.path().join("snapshots"));
     s.extra.extend(["--set".into(), format!("service.shutdown_timeout_ms={timeout_ms}")]);
@@ -461,7 +461,7 @@ async fn mongodb_and_broker_restarts_are_ridden_out() {
     let brokers = format!("127.0.0.1:{kafka_port}");
     let mongo_uri = format!("mongodb://127.0.0.1:{mongo_port}/?directConnection=true");
     std::env::set_var("MARTSTREAM_KAFKA__BROKERS", &brokers);
-    std::env::set_var("MARTSTREAM_MONGO__URI", &mongo_uri);
+    std::env::set_var("MARTSTREAM_TEST_MONGO_URI", &mongo_uri);
     let mut s = scenario("e2e_outage", port, &data.path().join("snapshots"));
     s.extra.extend(["--set".into(), "service.retry_max_ms=1000".into()]);
     s.create_topics();

@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::FutureExt;
+use futures::{FutureExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::error::ErrorKind;
+use mongodb::options::{ClientOptions, IndexOptions, ValidationLevel};
 use mongodb::{Client, Database, IndexModel};
 
 use super::documents::{
@@ -29,6 +30,8 @@ pub enum SinkError {
     BadUri { uri: String, source: mongodb::error::Error },
     #[error("cannot reach MongoDB at {uri} within {timeout:?}: {reason}")]
     Unreachable { uri: String, timeout: Duration, reason: String },
+    #[error("MongoDB at {uri} refused the login: {reason}")]
+    Login { uri: String, reason: String },
     #[error("creating index {name} on {collection}: {source}")]
     Index { collection: String, name: String, source: mongodb::error::Error },
     #[error("preparing {collection}: {reason}")]
@@ -68,6 +71,15 @@ fn first_line(e: &mongodb::error::Error) -> String {
         }
         return "no server available".into();
     }
+    match &*e.kind {
+        // The server's own words, without the command it echoes back (which can be long).
+        ErrorKind::Command(c) => {
+            let message = c.message.split(" {").next().unwrap_or_default().trim_end();
+            return format!("{} ({}): {message}", c.code_name, c.code);
+        }
+        ErrorKind::Authentication { message, .. } => return message.chars().take(300).collect(),
+        _ => {}
+    }
     text.lines().next().unwrap_or_default().chars().take(300).collect()
 }
 
@@ -83,8 +95,13 @@ impl MongoSink {
         options.connect_timeout = Some(timeout);
         let client = Client::with_options(options).map_err(|source| SinkError::BadUri { uri: uri.clone(), source })?;
         let sink = MongoSink { db: client.database(&config.database), batch_size: config.write_batch_size };
-        sink.ping().await.map_err(|reason| SinkError::Unreachable { uri, timeout, reason })?;
-        Ok(sink)
+        match sink.db.run_command(doc! { "ping": 1 }).await {
+            Ok(_) => Ok(sink),
+            Err(e) if matches!(*e.kind, ErrorKind::Authentication { .. }) => {
+                Err(SinkError::Login { uri, reason: first_line(&e) })
+            }
+            Err(e) => Err(SinkError::Unreachable { uri, timeout, reason: first_line(&e) }),
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -100,13 +117,23 @@ impl MongoSink {
         for collection in [FACT_SALES, FACT_RETURNS] {
             let fail =
                 |e: mongodb::error::Error| SinkError::Prepare { collection: collection.into(), reason: first_line(&e) };
-            let existing = self.db.list_collection_names().await.map_err(fail)?;
-            let command = if existing.iter().any(|c| c == collection) {
-                doc! { "collMod": collection, "validator": documents::fact_validator(), "validationLevel": "strict" }
-            } else {
-                doc! { "create": collection, "validator": documents::fact_validator(), "validationLevel": "strict" }
+            let existing = self.db.list_collections().filter(doc! { "name": collection }).await.map_err(fail)?;
+            let existing: Vec<_> = existing.try_collect().await.map_err(fail)?;
+            let validator = documents::fact_validator();
+            let command = match existing.first() {
+                None => Some(doc! { "create": collection, "validator": validator, "validationLevel": "strict" }),
+                // collMod needs more than readWrite: only when the validator is not already ours.
+                Some(spec)
+                    if spec.options.validator.as_ref() == Some(&validator)
+                        && matches!(spec.options.validation_level, Some(ValidationLevel::Strict) | None) =>
+                {
+                    None
+                }
+                Some(_) => Some(doc! { "collMod": collection, "validator": validator, "validationLevel": "strict" }),
             };
-            self.db.run_command(command).await.map_err(fail)?;
+            if let Some(command) = command {
+                self.db.run_command(command).await.map_err(fail)?;
+            }
         }
         self.upsert(DIM_TIME, documents::dim_time()).await?;
         for spec in INDEXES {
@@ -179,7 +206,6 @@ impl MongoSink {
     /// Gives the engine the surrogate keys this database already holds, so that keys never
     /// change across restarts and replays into it.
     pub async fn preload_keys(&self, warehouse: &mut Warehouse) -> Result<usize, SinkError> {
-        use futures::TryStreamExt;
         let fail = |collection: &'static str| {
             move |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) }
         };
@@ -318,7 +344,7 @@ impl MongoSink {
         list: &str,
         statements: Vec<Document>,
     ) -> Result<usize, SinkError> {
-        use futures::{StreamExt, TryStreamExt};
+        use futures::StreamExt;
         let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
         let batch = |chunk: &[Document]| {
             let command = doc! { command: collection, list: chunk, "ordered": false };

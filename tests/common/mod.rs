@@ -22,8 +22,12 @@ pub fn brokers() -> String {
     std::env::var("MARTSTREAM_KAFKA__BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
 
+/// The tests' MongoDB login: the stack's `martstream_test` user, which may use the fresh
+/// databases each test names (`scripts/stack env`); else the service's URI.
 pub fn mongo_uri() -> String {
-    std::env::var("MARTSTREAM_MONGO__URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=rs0".into())
+    std::env::var("MARTSTREAM_TEST_MONGO_URI")
+        .or_else(|_| std::env::var("MARTSTREAM_MONGO__URI"))
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=rs0".into())
 }
 
 /// A name no other test (or earlier run) uses.
