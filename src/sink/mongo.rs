@@ -95,7 +95,7 @@ impl MongoSink {
         options.connect_timeout = Some(timeout);
         let client = Client::with_options(options).map_err(|source| SinkError::BadUri { uri: uri.clone(), source })?;
         let sink = MongoSink { db: client.database(&config.database), batch_size: config.write_batch_size };
-        match sink.db.run_command(doc! { "ping": 1 }).await {
+        match sink.ping_server().await {
             Ok(_) => Ok(sink),
             Err(e) if matches!(*e.kind, ErrorKind::Authentication { .. }) => {
                 Err(SinkError::Login { uri, reason: first_line(&e) })
@@ -109,7 +109,11 @@ impl MongoSink {
     }
 
     pub async fn ping(&self) -> Result<(), String> {
-        self.db.run_command(doc! { "ping": 1 }).await.map(|_| ()).map_err(|e| first_line(&e))
+        self.ping_server().await.map(|_| ()).map_err(|e| first_line(&e))
+    }
+
+    async fn ping_server(&self) -> mongodb::error::Result<Document> {
+        self.db.run_command(doc! { "ping": 1 }).await
     }
 
     /// Creates the batch design's validator, indexes and `dim_time` (idempotent).
