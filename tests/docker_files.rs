@@ -67,6 +67,42 @@ fn martstream_environment_uses_real_configuration_keys() {
     assert!(prometheus.contains("martstream:9464"));
 }
 
+#[test]
+fn every_server_authenticates_with_secrets_from_the_environment_and_least_privilege() {
+    let c = compose();
+    let mongod: Vec<&str> = c["services"]["mongodb"]["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(mongod.contains(&"--auth") && mongod.contains(&"--keyFile"), "mongod runs with access control: {mongod:?}");
+    let env = &c["services"]["martstream"]["environment"];
+    let mongo = env["MARTSTREAM_MONGO__URI"].as_str().unwrap();
+    assert!(mongo.starts_with("mongodb://martstream:${MARTSTREAM_MONGO_PASSWORD:?"), "the service logs in as martstream: {mongo}");
+    let pg = env["MARTSTREAM_POSTGRES__URL"].as_str().unwrap();
+    assert!(pg.starts_with("postgres://martstream_reader:${"), "the reconciliation reads as martstream_reader: {pg}");
+    assert!(env["MARTSTREAM_POSTGRES__MIGRATE_URL"].as_str().unwrap().starts_with("postgres://globalmart:${POSTGRES_PASSWORD:?"));
+    let ui = c["services"]["mongo-express"]["environment"]["ME_CONFIG_MONGODB_URL"].as_str().unwrap();
+    assert!(ui.starts_with("mongodb://mongo_express:${"), "Mongo Express logs in as its own read-only user: {ui}");
+    // No password is written in the file: every one is `${NAME:?…}`, which compose refuses
+    // to start without.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/docker-compose.yml")).unwrap();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        if let Some((_, after)) = line.split_once("PASSWORD: ") {
+            assert!(after.starts_with("${") && after.contains(":?"), "{line}");
+        }
+        if let Some(at) = line.find('@').filter(|_| line.contains("://")) {
+            assert!(line[..at].ends_with('}'), "a URL's password comes from the environment: {line}");
+        }
+    }
+    let init = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/mongo-init.js")).unwrap();
+    let service_user = init.split(r#"user: "martstream","#).nth(1).and_then(|rest| rest.split("});").next()).unwrap();
+    let roles: Vec<&str> = service_user.lines().map(str::trim).filter(|l| l.starts_with("{ role:")).collect();
+    assert_eq!(
+        roles,
+        [r#"{ role: "readWrite", db: "globalmart_dw" },"#, r#"{ role: "readWrite", db: "globalmart_dw_shadow" },"#],
+        "martstream may write its warehouse and its shadow, nothing else"
+    );
+    let pg_init = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/postgres-init.sh")).unwrap();
+    assert!(pg_init.contains("CREATE ROLE martstream_reader LOGIN PASSWORD :'pw'"));
+}
+
 fn promtool_check_rules(path: &std::path::Path) {
     let out = std::process::Command::new("promtool")
         .args(["check", "rules"])
