@@ -98,7 +98,7 @@ pub fn decode(payload: &[u8], message_ts: Option<DateTime<Utc>>) -> Result<Decod
     let kind = match fields.opt_str("event_type")? {
         None | Some("purchase") => EventKind::Purchase,
         Some("refund") => EventKind::Refund,
-        Some(other) => return Err(Rejection::new(UnknownEventType, format_args!("event_type {other:?}"))),
+        Some(other) => return Err(Rejection::new(UnknownEventType, format_args!("event_type {}", Quoted(other)))),
     };
     let transaction_id = fields.id("transaction_id")?;
     let original_transaction_id = match kind {
@@ -208,12 +208,28 @@ fn decode_items(fields: &Fields<'_>) -> Result<Vec<LineItem>, Rejection> {
     Ok(lines)
 }
 
+/// Most characters of a message's own text that a rejection's detail quotes.
+const MAX_QUOTED_CHARS: usize = 64;
+
+/// A value from the message, quoted in a detail: at most [`MAX_QUOTED_CHARS`] characters, then
+/// `…`, so the detail (a DLQ header and a log line) stays small whatever the message holds.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(MAX_QUOTED_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}…", &self.0[..cut]),
+        }
+    }
+}
+
 /// Strict RFC 3339: `YYYY-MM-DDTHH:MM:SS[.fff…]` and `Z` or `±HH:MM`; any offset, kept in UTC.
 pub(crate) fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
     let bad = || {
         Rejection::new(
             RejectReason::InvalidTimestamp,
-            format_args!("timestamp {text:?} is not RFC 3339 with an offset"),
+            format_args!("timestamp {} is not RFC 3339 with an offset", Quoted(text)),
         )
     };
     if text.len() < 20 || text.as_bytes()[10] != b'T' {
@@ -449,6 +465,32 @@ mod tests {
         assert_eq!(reason(&with_item("discount", "100")), OutOfRange);
         assert_eq!(reason(&with_item("product_id", "<absent>")), MissingField);
         assert_eq!(reason(&with_item("category", "3")), WrongType);
+    }
+
+    #[test]
+    fn details_quote_at_most_64_characters_of_the_message() {
+        let long = "x".repeat(10_000);
+        let r = decode(with("event_type", &format!("{long:?}")).as_bytes(), None).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownEventType);
+        assert_eq!(r.detail, format!("event_type {:?}…", &long[..64]));
+        let r = decode(with("timestamp", &format!("{:?}", "é".repeat(100))).as_bytes(), None).unwrap_err();
+        assert_eq!(r.detail, format!("timestamp {:?}… is not RFC 3339 with an offset", "é".repeat(64)));
+        assert_eq!(decode(with("event_type", "\"sale\"").as_bytes(), None).unwrap_err().detail, "event_type \"sale\"");
+    }
+
+    #[test]
+    fn hostile_messages_are_rejected_not_panicked_on() {
+        // 10 MB of one string, deep nesting, huge numbers, invalid UTF-8, 1,001 lines.
+        let huge = format!("{{\"transaction_id\":\"{}\"}}", "a".repeat(10 << 20));
+        assert_eq!(reason(&huge), RejectReason::OutOfRange);
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(reason(&deep), RejectReason::InvalidJson);
+        assert_eq!(reason(&with_item("quantity", "18446744073709551616")), RejectReason::WrongType);
+        assert_eq!(reason(&with_item("unit_price", "1e308")), RejectReason::OutOfRange);
+        assert_eq!(decode(b"{\"transaction_id\":\"\xff\"}", None).unwrap_err().reason, RejectReason::InvalidJson);
+        let line = r#"{"product_id":"p","quantity":1,"unit_price":1}"#;
+        let many = with("items", &format!("[{}]", vec![line; MAX_ITEMS + 1].join(",")));
+        assert_eq!(reason(&many), RejectReason::OutOfRange);
     }
 
     #[test]
