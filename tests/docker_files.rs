@@ -70,14 +70,21 @@ fn martstream_environment_uses_real_configuration_keys() {
 #[test]
 fn every_server_authenticates_with_secrets_from_the_environment_and_least_privilege() {
     let c = compose();
-    let mongod: Vec<&str> = c["services"]["mongodb"]["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mongod: Vec<&str> =
+        c["services"]["mongodb"]["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(mongod.contains(&"--auth") && mongod.contains(&"--keyFile"), "mongod runs with access control: {mongod:?}");
     let env = &c["services"]["martstream"]["environment"];
     let mongo = env["MARTSTREAM_MONGO__URI"].as_str().unwrap();
-    assert!(mongo.starts_with("mongodb://martstream:${MARTSTREAM_MONGO_PASSWORD:?"), "the service logs in as martstream: {mongo}");
+    assert!(
+        mongo.starts_with("mongodb://martstream:${MARTSTREAM_MONGO_PASSWORD:?"),
+        "the service logs in as martstream: {mongo}"
+    );
     let pg = env["MARTSTREAM_POSTGRES__URL"].as_str().unwrap();
     assert!(pg.starts_with("postgres://martstream_reader:${"), "the reconciliation reads as martstream_reader: {pg}");
-    assert!(env["MARTSTREAM_POSTGRES__MIGRATE_URL"].as_str().unwrap().starts_with("postgres://globalmart:${POSTGRES_PASSWORD:?"));
+    assert!(env["MARTSTREAM_POSTGRES__MIGRATE_URL"]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres://globalmart:${POSTGRES_PASSWORD:?"));
     let ui = c["services"]["mongo-express"]["environment"]["ME_CONFIG_MONGODB_URL"].as_str().unwrap();
     assert!(ui.starts_with("mongodb://mongo_express:${"), "Mongo Express logs in as its own read-only user: {ui}");
     // No password is written in the file: every one is `${NAME:?…}`, which compose refuses

@@ -81,6 +81,7 @@ struct Running {
     _service: Service,
     base: String,
     port: u16,
+    log: std::path::PathBuf,
 }
 
 /// Starts `run --clock event` and waits until it has consumed `count` messages.
@@ -94,7 +95,7 @@ async fn start_service(s: &Scenario, port: u16, count: usize) -> Running {
     })
     .await;
     assert!(caught_up, "the service did not catch up: {}", std::fs::read_to_string(&log).unwrap_or_default());
-    Running { _service: service, base, port }
+    Running { _service: service, base, port, log }
 }
 
 /// `martstream reconcile` against the running service: (exit ok, report).
@@ -202,6 +203,25 @@ async fn without_drift_nothing_differs_and_an_unreachable_postgres_is_a_failed_r
     let mut s = scenario("e2e_recon_clean", port, "");
     let (pg, reader) = fresh_pg(&s).await;
     s.extra[3] = format!("postgres.url={reader}");
+    // Every kind of secret the configuration holds, so the end can look for each of them.
+    // Kafka is a real SASL login (PLAIN over plaintext: the test broker offers PLAIN and
+    // accepts any password, so the secret travels but is not checked; docs/SECURITY.md).
+    let token = "tok-b81d6e2f09";
+    let kafka_secret = "kpw-5c0e7a93d4";
+    s.extra.extend([
+        "--set".into(),
+        format!("postgres.migrate_url={pg}"),
+        "--set".into(),
+        format!("service.api_token={token}"),
+        "--set".into(),
+        r#"kafka.librdkafka_options."security.protocol"="SASL_PLAINTEXT""#.into(),
+        "--set".into(),
+        r#"kafka.librdkafka_options."sasl.mechanism"="PLAIN""#.into(),
+        "--set".into(),
+        r#"kafka.librdkafka_options."sasl.username"="martstream""#.into(),
+        "--set".into(),
+        format!("kafka.librdkafka_options.\"sasl.password\"={kafka_secret}"),
+    ]);
     s.create_topics();
     let (all, _) = messages(22);
     let (kafka, _) = split(&all, &Drift::default(), &pg).await;
@@ -213,11 +233,15 @@ async fn without_drift_nothing_differs_and_an_unreachable_postgres_is_a_failed_r
     assert_eq!((report["outcome"].as_str(), report["mismatches_total"].as_u64()), (Some("ok"), Some(0)), "{report:#}");
     assert!(report["customers_checked"].as_u64().unwrap() > 500, "{report:#}");
     assert!(report["days_checked"].as_u64().unwrap() >= 19, "{report:#}");
+    let (first_log, first_report) = (r.log.clone(), report.to_string());
     drop(r);
 
     // Same topic and views, PostgreSQL on a port nobody listens on.
     let port = free_port();
-    let mut down = scenario("e2e_recon_down", port, &format!("postgres://u:p@127.0.0.1:{}/x", free_port()));
+    let down_secret = "pgpw-3e9a1f7c";
+    let down_url = format!("postgres://u:{down_secret}@127.0.0.1:{}/x", free_port());
+    let mut down = scenario("e2e_recon_down", port, &down_url);
+    down.extra.extend(s.extra[10..].iter().cloned());
     down.topic = s.topic.clone();
     down.dlq = s.dlq.clone();
     down.sessions = s.sessions.clone();
@@ -238,4 +262,33 @@ async fn without_drift_nothing_differs_and_an_unreachable_postgres_is_a_failed_r
         .filter(|d| d.get_str("outcome") == Ok("failed"))
         .count();
     assert_eq!(failed, 1);
+
+    // No configured secret appears anywhere the service shows something: its logs (both
+    // runs), check-config, /metrics, the reconciliation reports (answered and stored).
+    let mut shown = vec![
+        std::fs::read_to_string(&first_log).unwrap(),
+        std::fs::read_to_string(&r.log).unwrap(),
+        text,
+        report.to_string(),
+        first_report,
+    ];
+    for scenario in [&s, &down] {
+        let out = scenario.martstream(&["check-config"]);
+        shown.push(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr));
+    }
+    shown.extend(s.collection("reconciliation_reports").await.iter().map(|d| d.to_string()));
+    let password = |url: &str| {
+        url.split_once("://")
+            .and_then(|(_, r)| r.split_once('@'))
+            .and_then(|(u, _)| u.split_once(':'))
+            .map(|(_, p)| p.to_owned())
+    };
+    let mut secrets: Vec<String> = [token, kafka_secret, down_secret].map(str::to_owned).to_vec();
+    secrets.extend([&pg, &reader, &common::mongo_uri()].into_iter().filter_map(|u| password(u)));
+    assert!(secrets.len() >= 5, "the stack's URLs carry passwords (scripts/stack env): {secrets:?}");
+    for secret in &secrets {
+        for (i, place) in shown.iter().enumerate() {
+            assert!(!place.contains(secret.as_str()), "a secret appears in shown[{i}]:\n{place}");
+        }
+    }
 }

@@ -251,7 +251,7 @@ fn fails(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn failures_at_start_are_one_line_and_a_non_zero_exit() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["--set", "service.http_listen=0.0.0.0:9464", "run"], "service.api_token is empty"),
         (&["--set", "kafka.brokrs=x", "check-config"], "kafka.brokrs"),
         (&["--config", "/nonexistent/martstream.toml", "run"], "does not exist"),
@@ -261,6 +261,32 @@ fn failures_at_start_are_one_line_and_a_non_zero_exit() {
         (
             &["--brokers", "127.0.0.1:1", "--set", "kafka.connect_timeout_ms=1500", "topics", "create"],
             "cannot reach Kafka",
+        ),
+        // TLS asked for where no broker answers TLS: the error names the protocol.
+        (
+            &[
+                "--brokers",
+                "127.0.0.1:1",
+                "--set",
+                "kafka.connect_timeout_ms=1500",
+                "--set",
+                r#"kafka.librdkafka_options."security.protocol"="SSL""#,
+                "topics",
+                "create",
+            ],
+            "security.protocol is SSL",
+        ),
+        // A SASL mechanism this build has no provider for: librdkafka's reason, once.
+        (
+            &[
+                "--set",
+                r#"kafka.librdkafka_options."security.protocol"="SASL_PLAINTEXT""#,
+                "--set",
+                r#"kafka.librdkafka_options."sasl.mechanism"="GSSAPI""#,
+                "topics",
+                "create",
+            ],
+            "No provider for SASL mechanism GSSAPI",
         ),
         (
             &[
@@ -281,6 +307,7 @@ fn failures_at_start_are_one_line_and_a_non_zero_exit() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: one line expected: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches(needle).count(), 1, "{args:?}: said once: {stderr}");
     }
 }
 
@@ -347,4 +374,49 @@ async fn with_an_api_token_v1_needs_it_and_the_probes_stay_open() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains(token), "the token appears in the log");
     drop(service);
+}
+
+/// The service's own MongoDB login (`scripts/stack env`): user `martstream`, readWrite on the
+/// warehouse database and its shadow only.
+fn service_mongo_uri() -> String {
+    let uri = std::env::var("MARTSTREAM_MONGO__URI").unwrap_or_default();
+    assert!(uri.contains('@'), "run under `eval \"$(scripts/stack env)\"`: the stack's MongoDB requires a login");
+    uri
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_refuses_a_wrong_password_and_writes_outside_the_warehouse() {
+    let s = Scenario::new("e2e_mongo_auth");
+    s.create_topics();
+    let uri = service_mongo_uri();
+    let (user, rest) = uri.split_once("://").unwrap().1.split_once('@').unwrap();
+    let (name, password) = user.split_once(':').unwrap();
+    let wrong_password = format!("{password}x");
+    let wrong = uri.replacen(&format!("{name}:{password}@"), &format!("{name}:{wrong_password}@"), 1);
+    assert!(wrong.ends_with(rest));
+    let start = |uri: &str| {
+        let mut args = s.args();
+        let i = args.iter().position(|a| a == "--mongo-uri").unwrap();
+        args[i + 1] = uri.to_owned();
+        args.extend(["--set".into(), "mongo.connect_timeout_ms=5000".into(), "replay".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args)
+    };
+    // A wrong password: one line naming the refusal, the password masked.
+    let (code, stderr) = start(&wrong);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("refused the login") && stderr.contains(&format!("{name}:****@")), "{stderr}");
+    assert!(!stderr.contains(&wrong_password) && !stderr.contains(password), "{stderr}");
+    // The right password on a database that is not the warehouse: refused, one line.
+    let (code, stderr) = start(&uri);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("Unauthorized (13)") && stderr.contains(&s.database), "{stderr}");
+    // And directly with the driver: no write outside globalmart_dw and its shadow.
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    for db in [s.database.as_str(), "admin", "globalmart"] {
+        let err = client.database(db).collection("x").insert_one(mongodb::bson::doc! { "a": 1 }).await.unwrap_err();
+        assert!(err.to_string().contains("not authorized"), "{db}: {err}");
+    }
 }

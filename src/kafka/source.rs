@@ -80,11 +80,9 @@ impl Source {
         let timeout = Duration::from_millis(kafka.connect_timeout_ms);
         let mut partitions = Vec::new();
         for (i, topic) in topics.iter().enumerate() {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| KafkaError::Unreachable {
-                brokers: kafka.brokers.clone(),
-                timeout,
-                reason: super::short_reason(&e),
-            })?;
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| super::first_request_failed(kafka, timeout, &e))?;
             let found: Vec<TopicPartition> = metadata
                 .topics()
                 .iter()

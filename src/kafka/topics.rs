@@ -70,11 +70,7 @@ pub async fn create_all(kafka: &KafkaConfig) -> Result<Vec<Created>, KafkaError>
     let admin: AdminClient<LogContext> = client_config(kafka).create_with_context(context.clone())?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     // Fail fast, with one line, when the broker is not there.
-    admin.inner().fetch_metadata(None, timeout).map_err(|e| KafkaError::Unreachable {
-        brokers: kafka.brokers.clone(),
-        timeout,
-        reason: super::short_reason(&e),
-    })?;
+    admin.inner().fetch_metadata(None, timeout).map_err(|e| super::first_request_failed(kafka, timeout, &e))?;
     context.mark_started();
     let new_topics: Vec<NewTopic<'_>> = defs
         .iter()
