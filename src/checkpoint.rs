@@ -2,14 +2,15 @@
 //! restore at start.
 //!
 //! The protocol (Flink's aligned checkpoints, with the sink's flushes as the barriers):
-//! 1. *Capture* at a flush boundary: right after the worker handed flush `seq` to the sink,
-//!    it settles its dead letters and encodes the engine with the positions it has read to.
-//!    The state then is "every flush up to `seq`, plus changes not flushed yet" (those stay
-//!    in the engine's dirty sets and pending facts, which the snapshot keeps). Consumption
-//!    goes on at once; the worker stalls only for the encode.
-//! 2. *Persist* as soon as MongoDB acknowledged flush `seq` (and so every one before it: the
-//!    sink writes them in order): the bytes go to the store on a blocking thread. No waiting
-//!    for an idle sink, so snapshots keep coming while a backlog is written.
+//! 1. *Capture* at a flush boundary: after the worker handed its flushes to the two sink
+//!    lanes (views and bulk; a [`Mark`] says how many on each), it settles its dead letters
+//!    and encodes the engine with the positions it has read to. The state then is "every
+//!    flush up to the mark, plus changes not flushed yet" (those stay in the engine's dirty
+//!    sets, pending facts and restated dimension rows, which the snapshot keeps).
+//!    Consumption goes on at once; the worker stalls only for the encode.
+//! 2. *Persist* as soon as MongoDB acknowledged the mark on both lanes (each lane writes its
+//!    flushes in order): the bytes go to the store on a blocking thread. No waiting for an
+//!    idle sink, so snapshots keep coming while a backlog is written.
 //! 3. A restored state is behind what MongoDB may hold (flushes acknowledged after the
 //!    snapshot was captured); the views converge once the backlog is read again (see
 //!    `pipeline`), and every write is idempotent.
@@ -31,6 +32,21 @@ use crate::snapshot::format::{encode, SnapshotMeta};
 use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::telemetry::Metrics;
 
+/// Flushes handed to (or acknowledged by) each sink lane. A capture taken after `views`
+/// view flushes and `bulk` bulk flushes is durable once MongoDB acknowledged both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub views: u64,
+    pub bulk: u64,
+}
+
+impl Mark {
+    /// Whether every flush `other` counts is within this one.
+    pub fn covers(&self, other: &Mark) -> bool {
+        self.views >= other.views && self.bulk >= other.bulk
+    }
+}
+
 /// What a written snapshot cost.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -45,8 +61,8 @@ pub struct Written {
 
 /// A state captured at a flush boundary, waiting for MongoDB to acknowledge that flush.
 struct Capture {
-    /// The flush it follows: persisted once the sink acknowledged this many flushes.
-    seq: u64,
+    /// The flushes it follows: persisted once the sink acknowledged them on both lanes.
+    mark: Mark,
     bytes: Vec<u8>,
     encode: Duration,
     taken_at_ms: i64,
@@ -126,9 +142,9 @@ impl Checkpointer {
             && self.last_positions.as_ref() != Some(positions)
     }
 
-    /// Encodes the state now, right after flush `seq` was handed to the sink (every dead
-    /// letter before `positions` confirmed by the broker); persisted once `seq` is acknowledged.
-    pub fn capture(&mut self, engine: &Engine, positions: &BTreeMap<TopicPartition, i64>, seq: u64) {
+    /// Encodes the state now, with the flushes of `mark` handed to the sink (every dead
+    /// letter before `positions` confirmed by the broker); persisted once `mark` is acknowledged.
+    pub fn capture(&mut self, engine: &Engine, positions: &BTreeMap<TopicPartition, i64>, mark: Mark) {
         let started = Instant::now();
         let taken_at_ms = chrono::Utc::now().timestamp_millis();
         let meta = SnapshotMeta {
@@ -140,15 +156,15 @@ impl Checkpointer {
         let bytes = encode(&meta, engine);
         let encode = started.elapsed();
         self.metrics.snapshot_capture_stall.observe(encode.as_secs_f64());
-        tracing::debug!(seq, bytes = bytes.len(), stall_ms = encode.as_millis() as u64, "state captured");
-        self.waiting.push(Capture { seq, bytes, encode, taken_at_ms, positions: meta.positions });
+        tracing::debug!(views = mark.views, bulk = mark.bulk, bytes = bytes.len(), stall_ms = encode.as_millis() as u64, "state captured");
+        self.waiting.push(Capture { mark, bytes, encode, taken_at_ms, positions: meta.positions });
         self.last_at = Some(Instant::now());
         self.last_positions = Some(positions.clone());
     }
 
     /// Records a finished write; starts writing the newest capture MongoDB has caught up with
     /// (`acked` flushes acknowledged); keeps the snapshot-age gauge current.
-    pub async fn poll(&mut self, acked: u64) {
+    pub async fn poll(&mut self, acked: Mark) {
         if self.in_flight.as_ref().is_some_and(JoinHandle::is_finished) {
             self.wait_write().await;
         }
@@ -164,8 +180,8 @@ impl Checkpointer {
     }
 
     /// The newest waiting capture whose flush is acknowledged; older ones are dropped.
-    fn take_acknowledged(&mut self, acked: u64) -> Option<Capture> {
-        let n = self.waiting.iter().rposition(|c| c.seq <= acked)? + 1;
+    fn take_acknowledged(&mut self, acked: Mark) -> Option<Capture> {
+        let n = self.waiting.iter().rposition(|c| acked.covers(&c.mark))? + 1;
         self.waiting.drain(..n).next_back()
     }
 
@@ -209,16 +225,16 @@ impl Checkpointer {
 
     /// At shutdown, once the sink stopped (`acked` flushes acknowledged, every one or as many
     /// as MongoDB took within the timeout): waits for a write in progress, then persists the
-    /// newest capture MongoDB caught up with. Returns the seq of the capture not persisted
-    /// because its flush was not acknowledged, if any.
-    pub async fn finish(&mut self, acked: u64) -> Option<u64> {
+    /// newest capture MongoDB caught up with. Returns the mark of the capture not persisted
+    /// because its flushes were not acknowledged, if any.
+    pub async fn finish(&mut self, acked: Mark) -> Option<Mark> {
         self.wait_write().await;
         if let Some(capture) = self.take_acknowledged(acked) {
             let result = self.spawn_write(capture).await;
             let result = result.unwrap_or_else(|e| Err(SnapshotError::Io(format!("snapshot task failed: {e}"))));
             self.record(result);
         }
-        self.waiting.last().map(|c| c.seq)
+        self.waiting.last().map(|c| c.mark)
     }
 
     /// Whether this state is already captured (nothing read since the newest capture).

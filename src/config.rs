@@ -236,8 +236,15 @@ pub enum Clock {
 pub struct ServiceConfig {
     /// `as_of` for `martstream run` (`replay` defaults to `event`).
     pub clock: Clock,
-    /// How often changed documents are written to MongoDB.
+    /// Views lane (customer_rfm_analysis, product_performance, sales_trends): the least
+    /// time between two view flushes. A flush starts as soon as the previous one is
+    /// acknowledged and this much time has passed, so views trail the stream by about this
+    /// plus one flush.
     pub flush_interval_ms: u64,
+    /// Bulk lane (fact_sales, sessions, dim_*): the least time between two bulk flushes
+    /// while no flush is forced (a snapshot, a full batch of `max_pending_facts`, shutdown).
+    /// Longer intervals batch more facts per write; the views never wait for this lane.
+    pub dimension_interval_ms: u64,
     /// Address of /metrics, /healthz and /readyz; empty to serve none.
     pub http_listen: String,
     /// When set, every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise);
@@ -265,7 +272,8 @@ impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             clock: Clock::Wall,
-            flush_interval_ms: 1000,
+            flush_interval_ms: 200,
+            dimension_interval_ms: 5000,
             http_listen: "127.0.0.1:9464".into(),
             api_token: String::new(),
             allow_unauthenticated: false,
@@ -392,11 +400,12 @@ impl Config {
             return bad("mongo.write_batch_size must be between 1 and 100000".into());
         }
         if self.service.flush_interval_ms == 0
+            || self.service.dimension_interval_ms == 0
             || self.service.retry_initial_ms == 0
             || self.service.shutdown_timeout_ms == 0
         {
             return bad(
-                "service.flush_interval_ms, service.retry_initial_ms and service.shutdown_timeout_ms must be positive"
+                "service.flush_interval_ms, service.dimension_interval_ms, service.retry_initial_ms and service.shutdown_timeout_ms must be positive"
                     .into(),
             );
         }

@@ -189,27 +189,49 @@ impl Engine {
         Outcome::Applied { orphan_refund: false }
     }
 
-    /// Changed documents as of `as_of` (every document with `full`).
+    /// Changed documents as of `as_of` (every document with `full`): both lanes at once.
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
+        let views = self.flush_views(as_of, full);
+        let bulk = self.flush_bulk(true);
+        ViewChanges { facts: bulk.facts, sessions: bulk.sessions, dims: bulk.dims, ..views }
+    }
+
+    /// The views lane: the analytic views' changed documents as of `as_of` (every document
+    /// with `full`). The dim_customer rows that follow their RFM changes wait in the
+    /// warehouse for [`Engine::flush_bulk`], coalesced.
+    pub fn flush_views(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
         let rfm = self.rfm.flush(as_of, full);
         let products = self.products.flush(as_of, full);
         let trends = self.trends.flush(as_of, full);
-        let (facts, changed) = self.warehouse.flush();
-        let sessions = self.warehouse.take_sessions();
-        let dims = self.dim_docs(&rfm, changed);
+        for d in &rfm {
+            if let Some(customer_key) = self.warehouse.customers.get(d.customer_id.as_str()) {
+                self.warehouse.restate_customer(DimCustomer {
+                    customer_key,
+                    customer_id: d.customer_id.clone(),
+                    customer_segment: Some(d.rfm_segment.clone()),
+                    lifetime_value_cents: d.monetary_cents,
+                });
+            }
+        }
         let rfm_deletes = self.rfm.take_removed();
-        ViewChanges { rfm, rfm_deletes, products, trends, facts, sessions, dims, complete: full }
+        ViewChanges { rfm, rfm_deletes, products, trends, complete: full, ..ViewChanges::default() }
     }
 
-    /// Only what a later view flush cannot redo: new facts and sessions, and the dimension
-    /// rows of new keys (so that facts always resolve). The views keep their changes in
-    /// their dirty sets, for a later [`Engine::flush`]; a complete one is what a catch-up
-    /// ends with (see `pipeline`), so writing every intermediate view is not needed.
-    pub fn flush_facts(&mut self) -> ViewChanges {
+    /// The bulk lane: new facts and sessions, and the dimension rows of new keys (so that
+    /// facts always resolve; a new customer's row carries its segment when a view flush
+    /// gave it one). With `restate`, also every dim_customer row view flushes changed since
+    /// the last restate, once each with its latest value; without, those keep coalescing.
+    /// The views keep their own changes in their dirty sets for [`Engine::flush_views`].
+    pub fn flush_bulk(&mut self, restate: bool) -> ViewChanges {
         let (facts, changed) = self.warehouse.flush();
         let sessions = self.warehouse.take_sessions();
-        let dims = self.dim_docs(&[], changed);
+        let dims = self.dim_docs(changed, restate);
         ViewChanges { facts, sessions, dims, ..ViewChanges::default() }
+    }
+
+    /// dim_customer rows waiting for a restating bulk flush.
+    pub fn restated_customers(&self) -> usize {
+        self.warehouse.restated_customers()
     }
 
     /// The state's figures at `cutoff` (see [`super::reconcile`]): every customer with a
@@ -311,7 +333,7 @@ impl Engine {
 
     /// Completes the dimension rows: products from their latest attributes; customers whose
     /// RFM document changed (segment, lifetime value) or who are new.
-    fn dim_docs(&self, rfm: &[RfmDoc], changed: super::warehouse::DimChanges) -> DimDocs {
+    fn dim_docs(&mut self, changed: super::warehouse::DimChanges, restate: bool) -> DimDocs {
         let products = changed
             .products
             .into_iter()
@@ -328,17 +350,7 @@ impl Engine {
                 })
             })
             .collect();
-        let mut customers: Vec<DimCustomer> = rfm
-            .iter()
-            .filter_map(|d| {
-                Some(DimCustomer {
-                    customer_key: self.warehouse.customers.get(d.customer_id.as_str())?,
-                    customer_id: d.customer_id.clone(),
-                    customer_segment: Some(d.rfm_segment.clone()),
-                    lifetime_value_cents: d.monetary_cents,
-                })
-            })
-            .collect();
+        let mut customers = self.warehouse.take_restated(restate, &changed.customers);
         let written: std::collections::HashSet<i32> = customers.iter().map(|c| c.customer_key).collect();
         for (key, id) in changed.customers {
             if written.contains(&key) {
@@ -710,7 +722,7 @@ mod tests {
                     Arrival::Flush(hours) => {
                         let as_of = as_of(&every, *hours);
                         written.apply(every.flush(as_of, false));
-                        loaded.apply(deferred.flush_facts());
+                        loaded.apply(deferred.flush_bulk(false));
                     }
                 }
             }
@@ -737,6 +749,59 @@ mod tests {
             prop_assert_eq!(&written.facts, &loaded.facts);
             prop_assert_eq!(&written.dim_products, &loaded.dim_products);
             prop_assert_eq!(&written.dim_customers, &loaded.dim_customers);
+        }
+
+        /// The two lanes flushed independently, at any interleaving (the views alone, the
+        /// bulk lane restating dim_customer or not), leave MongoDB as flushing both at once
+        /// does once a last flush of both has run; and every fact the bulk lane emits has
+        /// its dimension rows written by then.
+        #[test]
+        fn lanes_flushed_apart_equal_flushing_both_together(steps in steps(150, 40), final_hours in 0i16..72) {
+            let config = config(Scoring::Quintile);
+            let arrivals = arrivals(&steps);
+            let (mut together, mut apart) = (Engine::new(config.clone()), Engine::new(config));
+            let (mut a, mut b) = (Views::default(), Views::default());
+            let mut latest = base_time();
+            let mut as_of = |engine: &Engine, hours: i16| {
+                latest = latest.max(engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into()));
+                latest
+            };
+            let mut lane = 0u32;
+            for arrival in &arrivals {
+                match arrival {
+                    Arrival::Event(d) => {
+                        prop_assert_eq!(together.apply(d), apart.apply(d));
+                    }
+                    Arrival::Session(d) => {
+                        prop_assert_eq!(together.apply_session(d, 0), apart.apply_session(d, 0));
+                    }
+                    Arrival::Flush(hours) => {
+                        let as_of = as_of(&together, *hours);
+                        a.apply(together.flush(as_of, false));
+                        lane += 1;
+                        match lane % 4 {
+                            0 => b.apply(apart.flush_views(as_of, false)),
+                            1 => b.apply(apart.flush_bulk(false)),
+                            2 => b.apply(apart.flush_bulk(true)),
+                            _ => {
+                                b.apply(apart.flush_bulk(false));
+                                b.apply(apart.flush_views(as_of, false));
+                            }
+                        }
+                        for f in b.facts.values() {
+                            prop_assert!(b.dim_customers.contains_key(&f.customer_key), "fact before its customer row");
+                            prop_assert!(b.dim_products.contains_key(&f.product_key), "fact before its product row");
+                        }
+                    }
+                }
+            }
+            let last = as_of(&together, final_hours);
+            a.apply(together.flush(last, false));
+            b.apply(apart.flush_views(last, false));
+            b.apply(apart.flush_bulk(true));
+            prop_assert_eq!(apart.restated_customers(), 0);
+            // A document either lane left unchanged keeps the analysis_date it was written at.
+            prop_assert_eq!(a.dated(last), b.dated(last));
         }
 
         /// Small windows and retentions, so that sliding and eviction happen constantly.

@@ -140,6 +140,9 @@ pub struct Warehouse {
     new_customers: Vec<(i32, String)>,
     new_locations: Vec<(i32, Location)>,
     new_dates: Vec<NaiveDate>,
+    /// dim_customer rows the view flushes changed (segment, lifetime value) since the bulk
+    /// lane last took them, by customer key: the latest value of each, written once.
+    restated_customers: BTreeMap<i32, DimCustomer>,
     /// Reused for building location keys.
     #[serde(skip)]
     scratch: String,
@@ -224,6 +227,26 @@ impl Warehouse {
         }
     }
 
+    /// Notes a customer's current dim_customer row (after a view flush changed its RFM
+    /// figures); an earlier one not yet taken is replaced.
+    pub fn restate_customer(&mut self, row: DimCustomer) {
+        self.restated_customers.insert(row.customer_key, row);
+    }
+
+    /// The restated dim_customer rows: all of them, or (`all == false`) only those of
+    /// `keys` (new customers, whose row must exist before their facts).
+    pub fn take_restated(&mut self, all: bool, keys: &[(i32, String)]) -> Vec<DimCustomer> {
+        if all {
+            return std::mem::take(&mut self.restated_customers).into_values().collect();
+        }
+        keys.iter().filter_map(|(key, _)| self.restated_customers.remove(key)).collect()
+    }
+
+    /// dim_customer rows waiting for the bulk lane.
+    pub fn restated_customers(&self) -> usize {
+        self.restated_customers.len()
+    }
+
     /// The facts and the new or changed dimension members since the last flush.
     pub fn flush(&mut self) -> (Vec<Fact>, DimChanges) {
         let dims = DimChanges {
@@ -264,7 +287,7 @@ pub struct DimProduct {
 
 /// A `dim_customer` row: the current segment (none before the first purchase) and
 /// lifetime value (= RFM monetary).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DimCustomer {
     pub customer_key: i32,
     pub customer_id: String,

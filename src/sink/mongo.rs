@@ -153,8 +153,9 @@ impl MongoSink {
         Ok(())
     }
 
-    /// Writes every changed document of one flush.
-    pub async fn write<'a>(
+    /// The views lane: customer_rfm_analysis, product_performance and sales_trends,
+    /// concurrently; after a complete flush, their documents the flush did not write go.
+    pub async fn write_views<'a>(
         &'a self,
         changes: &'a ViewChanges,
         written_at: DateTime<Utc>,
@@ -164,47 +165,59 @@ impl MongoSink {
             changes.products.upserts.iter().map(|d| documents::product(d, written_at)).collect();
         let trends: Vec<(Bson, Document)> =
             changes.trends.upserts.iter().map(|d| documents::trend(d, written_at)).collect();
-        // The views and the dimensions are independent; the facts come after the dimensions,
-        // so that a fact's keys always resolve. Collections are written concurrently.
         let complete = changes.complete;
         let view = |name: &'static str, deletes: &'a [String], upserts: Vec<(Bson, Document)>| async move {
             let n = self.delete(name, deletes).await? + self.upsert(name, upserts).await?;
             let stale = if complete { self.delete_stale(name, written_at).await? } else { 0 };
             Ok::<_, SinkError>(((name, n), (name, stale)))
         };
-        let d = &changes.dims;
-        let dims = |name: &'static str, docs: Vec<(Bson, Document)>| async move {
-            Ok::<_, SinkError>((name, self.upsert(name, docs).await?))
-        };
         let views = futures::future::try_join_all([
             view(CUSTOMER_RFM, &changes.rfm_deletes, rfm).boxed(),
             view(PRODUCT_PERFORMANCE, &changes.products.deletes, products).boxed(),
             view(SALES_TRENDS, &changes.trends.deletes, trends).boxed(),
-        ]);
-        let dimensions = futures::future::try_join_all([
-            dims(DIM_PRODUCT, d.products.iter().map(documents::dim_product).collect()).boxed(),
-            dims(DIM_CUSTOMER, d.customers.iter().map(documents::dim_customer).collect()).boxed(),
-            dims(DIM_LOCATION, d.locations.iter().map(|(k, l)| documents::dim_location(*k, l)).collect()).boxed(),
-            dims(DIM_DATE, d.dates.iter().map(|x| documents::dim_date(*x)).collect()).boxed(),
-        ]);
-        let (views, dimensions) = futures::future::try_join(views, dimensions).await?;
-        let (sales, returns): (Vec<_>, Vec<_>) = changes.facts.iter().partition(|f| f.kind == EventKind::Purchase);
-        let facts = futures::future::try_join_all([
-            self.insert_facts(FACT_SALES, sales.into_iter().map(documents::fact).collect()).boxed(),
-            self.insert_facts(FACT_RETURNS, returns.into_iter().map(documents::fact).collect()).boxed(),
-            self.insert_facts(FACT_CUSTOMER_SESSIONS, changes.sessions.iter().map(documents::session).collect())
-                .boxed(),
         ])
         .await?;
         let mut stats = WriteStats::default();
         for (written, stale) in views {
             stats.per_collection.push(written);
-            stats.stale_removed.push(stale);
+            if complete {
+                stats.stale_removed.push(stale);
+            }
         }
-        stats.stale_removed.retain(|_| complete);
-        stats.per_collection.extend(dimensions);
-        stats.per_collection.extend(facts);
         Ok(stats)
+    }
+
+    /// The bulk lane: the dimension rows, then the facts (so that a fact's keys always
+    /// resolve); the collections of each step concurrently.
+    pub async fn write_bulk(&self, changes: &ViewChanges) -> Result<WriteStats, SinkError> {
+        let mut per_collection = self.write_dims(changes).await?;
+        per_collection.extend(self.write_facts(changes).await?);
+        Ok(WriteStats { per_collection, ..WriteStats::default() })
+    }
+
+    async fn write_dims(&self, changes: &ViewChanges) -> Result<Vec<(&'static str, usize)>, SinkError> {
+        let dims = |name: &'static str, docs: Vec<(Bson, Document)>| async move {
+            Ok::<_, SinkError>((name, self.upsert(name, docs).await?))
+        };
+        let d = &changes.dims;
+        futures::future::try_join_all([
+            dims(DIM_PRODUCT, d.products.iter().map(documents::dim_product).collect()).boxed(),
+            dims(DIM_CUSTOMER, d.customers.iter().map(documents::dim_customer).collect()).boxed(),
+            dims(DIM_LOCATION, d.locations.iter().map(|(k, l)| documents::dim_location(*k, l)).collect()).boxed(),
+            dims(DIM_DATE, d.dates.iter().map(|x| documents::dim_date(*x)).collect()).boxed(),
+        ])
+        .await
+    }
+
+    async fn write_facts(&self, changes: &ViewChanges) -> Result<Vec<(&'static str, usize)>, SinkError> {
+        let (sales, returns): (Vec<_>, Vec<_>) = changes.facts.iter().partition(|f| f.kind == EventKind::Purchase);
+        futures::future::try_join_all([
+            self.insert_facts(FACT_SALES, sales.into_iter().map(documents::fact).collect()).boxed(),
+            self.insert_facts(FACT_RETURNS, returns.into_iter().map(documents::fact).collect()).boxed(),
+            self.insert_facts(FACT_CUSTOMER_SESSIONS, changes.sessions.iter().map(documents::session).collect())
+                .boxed(),
+        ])
+        .await
     }
 
     /// Gives the engine the surrogate keys this database already holds, so that keys never

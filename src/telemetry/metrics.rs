@@ -1,9 +1,9 @@
 //! Every Prometheus metric martstream exports, defined once. Names follow
 //! `martstream_<thing>_<unit>[_total]`; labels are bounded (reason, event type, collection,
-//! outcome), never a customer or product id.
+//! outcome, sink lane), never a customer or product id.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -22,7 +22,7 @@ pub struct Metrics {
     pub late_events: IntCounterVec,
     pub documents_written: IntCounterVec,
     pub flushes: IntCounterVec,
-    pub flush_duration: Histogram,
+    pub flush_duration: HistogramVec,
     pub mongo_up: IntGauge,
     pub partitions_assigned: IntGauge,
     pub ready: IntGauge,
@@ -44,6 +44,7 @@ pub struct Metrics {
     pub stale_documents_removed: IntCounterVec,
     pub restore_duration: Gauge,
     pub latency: Latency,
+    pub facts_latency: Latency,
     pub products: IntGauge,
     pub segment_customers: IntGaugeVec,
     pub reconciliation_runs: IntCounterVec,
@@ -104,14 +105,18 @@ impl Metrics {
             ),
             flushes: counter_vec(
                 "martstream_flushes_total",
-                "Flushes of changed documents to MongoDB, by outcome.",
-                &["outcome"],
+                "Flushes of changed documents to MongoDB, by sink lane (views: the analytic views; bulk: facts and dimensions) and outcome.",
+                &["lane", "outcome"],
             ),
             flush_duration: reg(
                 &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new("martstream_flush_duration_seconds", "Time to write one flush to MongoDB.")
-                        .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap()),
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "martstream_flush_duration_seconds",
+                        "Time to write one flush to MongoDB, by sink lane (views, bulk).",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap()),
+                    &["lane"],
                 )
                 .unwrap(),
             ),
@@ -229,7 +234,18 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new(
                         "martstream_end_to_end_latency_seconds",
-                        "Event produced (message timestamp) to view written in MongoDB, quantiles over the last 1-2 minutes (hdrhistogram).",
+                        "Event produced (message timestamp) to the analytic views (customer_rfm_analysis, product_performance, sales_trends) written in MongoDB, quantiles over the last 1-2 minutes (hdrhistogram).",
+                    ),
+                    &["quantile"],
+                )
+                .unwrap(),
+            )),
+            facts_latency: Latency::new(reg(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "martstream_facts_latency_seconds",
+                        "Event produced (message timestamp) to its fact rows (fact_sales, fact_returns, fact_customer_sessions) written in MongoDB by the bulk lane, quantiles over the last 1-2 minutes.",
                     ),
                     &["quantile"],
                 )

@@ -1,14 +1,15 @@
 //! The always-on loop that wires the adapters around the engine:
-//! Kafka message → decode → engine (or dead-letter) → every flush interval, the changed
-//! documents → the sink task → MongoDB.
+//! Kafka message → decode → engine (or dead-letter) → the changed documents → two sink
+//! lanes → MongoDB: the analytic views as soon as their previous flush is acknowledged, the
+//! facts and dimensions as fast as MongoDB takes them (see [`sink_lanes`]).
 //!
-//! The sink runs in its own task with at most one flush queued. While it is busy or MongoDB
-//! is down (it retries with backoff), consumption goes on and changes coalesce inside the
-//! engine's dirty sets, so memory is bounded by the state, not by the outage's length.
+//! While a lane is busy or MongoDB is down (it retries with backoff), consumption goes on
+//! and changes coalesce inside the engine's dirty sets, so memory is bounded by the state
+//! (and `service.max_pending_facts`), not by the outage's length.
 //!
-//! Every flush handed to the sink has a sequence number; the sink acknowledges them in
-//! order. Snapshots are captured at flush boundaries and persisted once their flush is
-//! acknowledged (see [`crate::checkpoint`]).
+//! Every flush handed to a lane has a sequence number; each lane acknowledges its flushes in
+//! order. Snapshots are captured at flush boundaries and persisted once both lanes
+//! acknowledged what was handed to them before (see [`crate::checkpoint`]).
 //!
 //! Convergence: whatever a start begins from (nothing, or a snapshot older than what
 //! MongoDB holds), MongoDB may hold view documents the state does not know of. Once the
@@ -19,8 +20,9 @@
 //! waited for until then; the snapshot persisted is the newest whose flush MongoDB
 //! acknowledged, so nothing is lost when MongoDB was too slow to take the rest.
 
+pub mod sink_lanes;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,7 @@ use crate::kafka::dlq::{DeadLetters, SourcePosition, Undelivered};
 use crate::kafka::source::{Source, TopicPartition};
 use crate::query::{self, Mirror};
 use crate::sink::mongo::MongoSink;
+use sink_lanes::SinkLanes;
 use crate::telemetry::Metrics;
 
 /// The instant the views describe (SPEC §2).
@@ -65,6 +68,11 @@ pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
 }
+
+/// How often the loop looks whether a sink lane is free for its next flush.
+const FLUSH_POLL: Duration = Duration::from_millis(20);
+/// How often gauges, consumer lag and progress are updated.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Dead letters handed to the producer but not confirmed, at most (then the worker waits).
 const MAX_PENDING_DEAD_LETTERS: usize = 10_000;
@@ -115,14 +123,6 @@ pub enum InputKind {
 }
 
 /// One flush on its way to the sink.
-struct Batch {
-    /// 1, 2, …: the sink acknowledges batches in this order.
-    seq: u64,
-    changes: ViewChanges,
-    /// Message timestamps (ms) of the events it carries, for the end-to-end latency.
-    produced_ms: Vec<i64>,
-}
-
 pub struct Pipeline {
     pub source: Source,
     pub worker: Worker,
@@ -136,7 +136,11 @@ pub struct Pipeline {
 #[derive(Debug, Clone, Copy)]
 pub struct Cadence {
     pub as_of: AsOf,
+    /// The views lane: at least this long between two view flushes.
     pub flush_every: Duration,
+    /// dim_customer rows that follow RFM changes are written at most this often (coalesced,
+    /// the latest value wins); a new customer's row goes at once.
+    pub dimension_every: Duration,
     pub backoff: Backoff,
     /// Consumption pauses while more facts than this wait for MongoDB.
     pub max_pending_facts: usize,
@@ -152,7 +156,7 @@ enum Convergence {
     /// A complete flush is due once every partition's position is within `slack` messages
     /// (in all) of where the topic ended at start.
     Pending { backlog_end: BTreeMap<TopicPartition, i64>, slack: i64 },
-    /// The complete flush went to the sink as this batch.
+    /// The complete flush went to the views lane as this batch.
     Sent(u64),
     /// MongoDB acknowledged it (or nothing to converge: `replay` ends with a complete flush).
     Done,
@@ -169,14 +173,6 @@ impl Convergence {
             _ => false,
         }
     }
-}
-
-/// What the sink task reports to the worker.
-#[derive(Default)]
-struct SinkProgress {
-    /// Batches MongoDB acknowledged (they are written in order, so: up to this seq).
-    acked: AtomicU64,
-    documents: AtomicU64,
 }
 
 /// Everything the loop mutates, apart from the consumer that lends out messages.
@@ -196,13 +192,11 @@ pub struct Worker {
     /// Snapshots (`run`); none for `replay`.
     checkpoints: Option<Checkpointer>,
     convergence: Convergence,
-    /// Batches handed to the sink (the seq of the newest), and acknowledged by MongoDB.
-    sent: u64,
-    acked: u64,
+    lanes: SinkLanes,
+    /// When the bulk lane last restated dim_customer rows.
+    restated_at: Option<Instant>,
     /// The last flushed windowed views, for queries.
     mirror: Mirror,
-    /// Message timestamps of the events applied since the last flush.
-    produced_ms: Vec<i64>,
     /// When the segment gauges were last recounted (a scan of every customer).
     segments_counted: Option<Instant>,
 }
@@ -227,10 +221,9 @@ impl Worker {
             late_exported: [0; 2],
             checkpoints: None,
             convergence: Convergence::Done,
-            sent: 0,
-            acked: 0,
+            lanes: SinkLanes::default(),
+            restated_at: None,
             mirror: Mirror::default(),
-            produced_ms: Vec::new(),
             segments_counted: None,
         }
     }
@@ -251,10 +244,11 @@ impl Worker {
     }
 
     /// Notes what MongoDB acknowledged: the converging flush, snapshots to persist.
-    async fn acknowledged(&mut self, acked: u64) {
-        self.acked = acked;
+    async fn acknowledged(&mut self) {
+        self.lanes.refresh();
+        let acked = self.lanes.acked();
         if let Convergence::Sent(seq) = self.convergence {
-            if acked >= seq {
+            if acked.views >= seq {
                 self.convergence = Convergence::Done;
                 self.health.set_converged(true);
                 self.metrics.views_converged.set(1);
@@ -274,7 +268,7 @@ impl Worker {
         // No position past a dead letter the broker has not confirmed.
         self.settle_dead_letters().await;
         let checkpoints = self.checkpoints.as_mut().expect("checked above");
-        checkpoints.capture(&self.engine, &self.positions, self.sent);
+        checkpoints.capture(&self.engine, &self.positions, self.lanes.sent());
     }
 
     /// Too many facts wait for MongoDB: stop reading until the sink catches up.
@@ -320,7 +314,7 @@ impl Worker {
             Ok(Outcome::Applied { .. }) => {
                 self.summary.applied += 1;
                 if let Some(t) = message_ts {
-                    self.produced_ms.push(t);
+                    self.lanes.record_produced(t);
                 }
                 None
             }
@@ -422,45 +416,60 @@ impl Worker {
         }
     }
 
-    /// The changes to hand to the sink now. While a backlog is read before converging, only
-    /// facts and new keys: every view document is written by the complete flush that ends
-    /// the catch-up, so writing intermediate ones would only slow it down.
-    fn changes(&mut self, converge: bool) -> ViewChanges {
+    /// The view changes to hand to the views lane now, if any. None while a backlog is read
+    /// before converging: every view document is written by the complete flush that ends
+    /// the catch-up, so writing intermediate ones would only slow it down (the bulk lane
+    /// goes on writing facts and new keys meanwhile).
+    fn view_changes(&mut self, converge: bool) -> Option<ViewChanges> {
         if matches!(self.convergence, Convergence::Pending { .. }) && !converge {
-            return self.engine.flush_facts();
+            return None;
         }
         match self.cadence.as_of.at(&self.engine) {
             Some(as_of) => {
                 self.summary.as_of = Some(as_of);
-                self.engine.flush(as_of, converge)
+                Some(self.engine.flush_views(as_of, converge))
             }
             // No transaction applied under the event clock: the views are empty in the state,
             // so converging only removes what MongoDB holds (there is no as_of to flush at).
-            None if converge => ViewChanges { complete: true, ..ViewChanges::default() },
-            None => self.engine.flush_facts(),
+            None if converge => Some(ViewChanges { complete: true, ..ViewChanges::default() }),
+            None => None,
         }
     }
 
-    /// Hands the changed documents to the sink if it is free (otherwise they keep
-    /// coalescing), then captures a snapshot at that boundary if one is due.
-    async fn try_flush(&mut self, sink: &mpsc::Sender<Batch>) {
-        let converge = self.convergence.due(&self.positions);
-        let Ok(permit) = sink.try_reserve() else { return };
-        let changes = self.changes(converge);
-        self.mirror.apply(&changes);
-        if !changes.is_empty() {
-            self.sent += 1;
-            permit.send(Batch { seq: self.sent, changes, produced_ms: std::mem::take(&mut self.produced_ms) });
+    /// The bulk lane's next changes; dim_customer rows restated when their interval passed.
+    fn bulk_changes(&mut self, force_restate: bool) -> ViewChanges {
+        let restate = force_restate || self.restated_at.is_none_or(|t| t.elapsed() >= self.cadence.dimension_every);
+        if restate {
+            self.restated_at = Some(Instant::now());
         }
-        if converge {
-            info!(batch = self.sent, "backlog read: converging the views (a complete flush; stale documents go)");
-            self.convergence = Convergence::Sent(self.sent);
+        self.engine.flush_bulk(restate)
+    }
+
+    /// Hands each lane that is free its changes (the views at most every flush interval),
+    /// then captures a snapshot at that boundary if one is due.
+    async fn try_flush(&mut self) {
+        let converge = self.convergence.due(&self.positions);
+        let every = if converge { Duration::ZERO } else { self.cadence.flush_every };
+        if self.lanes.views.ready(every) {
+            if let Some(changes) = self.view_changes(converge) {
+                self.mirror.apply(&changes);
+                self.lanes.views.send(changes);
+                if converge {
+                    let seq = self.lanes.sent().views;
+                    info!(batch = seq, "backlog read: converging the views (a complete flush; stale documents go)");
+                    self.convergence = Convergence::Sent(seq);
+                }
+            }
+        }
+        if self.lanes.bulk.ready(Duration::ZERO) {
+            let changes = self.bulk_changes(false);
+            self.lanes.bulk.send(changes);
         }
         self.capture_if_due().await;
     }
 
     fn update_gauges(&mut self) {
-        self.metrics.sink_pending_flushes.set(self.sent.saturating_sub(self.acked) as i64);
+        self.metrics.sink_pending_flushes.set(self.lanes.pending() as i64);
         self.metrics.facts_pending.set(self.engine.warehouse().pending_facts() as i64);
         let late = [self.engine.products().late_lines(), self.engine.trends().late_events()];
         for (i, view) in ["product_performance", "sales_trends"].into_iter().enumerate() {
@@ -529,17 +538,12 @@ impl Pipeline {
         let Pipeline { source, mut worker, queries, control } = self;
         let mut queries = queries.unwrap_or_else(|| query::channel().1);
         let mut control = control.unwrap_or_else(|| crate::reconcile::channel().1);
-        let (tx, rx) = mpsc::channel::<Batch>(1);
-        let progress_of_sink = Arc::new(SinkProgress::default());
-        let mut sink_task = tokio::spawn(sink_loop(
-            sink,
-            rx,
-            progress_of_sink.clone(),
-            (worker.metrics.clone(), worker.health.clone()),
-            worker.cadence.backoff,
-        ));
-        let acked = || progress_of_sink.acked.load(Ordering::Acquire);
-        let mut tick = tokio::time::interval(worker.cadence.flush_every);
+        worker.lanes.start(sink, (worker.metrics.clone(), worker.health.clone()), worker.cadence.backoff);
+        // Flushes are tried often (a lane is free as soon as MongoDB acknowledged its last
+        // batch); gauges, lag and progress once a second.
+        let mut flush_tick = tokio::time::interval(FLUSH_POLL.min(worker.cadence.flush_every));
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_progress = (Instant::now(), 0);
         let started = Instant::now();
@@ -553,10 +557,12 @@ impl Pipeline {
                     let _ = reply.send(worker.mirror.answer(&worker.engine, &q));
                 }
                 Some(c) = control.recv() => worker.control(c),
+                _ = flush_tick.tick() => {
+                    worker.acknowledged().await;
+                    worker.try_flush().await;
+                }
                 _ = tick.tick() => {
                     worker.reap_dead_letters().await;
-                    worker.acknowledged(acked()).await;
-                    worker.try_flush(&tx).await;
                     worker.update_gauges();
                     worker.update_lag(&source);
                     source.commit_for_monitoring(&worker.positions);
@@ -597,51 +603,26 @@ impl Pipeline {
         if !settled {
             warn!("shutdown timeout: dead letters not confirmed by the broker; no snapshot of the last state");
         }
-        // The last flush: waits for room, then for the sink to drain.
+        // The last flush of each lane: waits for room, then for the lanes to drain.
         // (A replay that applied nothing leaves the database as it was.)
         let applied_any = worker.cadence.as_of.at(&worker.engine).is_some();
         let converge = (final_full && applied_any) || worker.convergence.due(&worker.positions);
         {
-            let changes = worker.changes(converge);
-            worker.mirror.apply(&changes);
-            let produced_ms = std::mem::take(&mut worker.produced_ms);
-            let mut handed = true;
-            if !changes.is_empty() {
-                let batch = Batch { seq: worker.sent + 1, changes, produced_ms };
-                handed = match within(sink_deadline, tx.send(batch)).await {
-                    Some(Ok(())) => true,
-                    Some(Err(_)) => {
-                        warn!("sink stopped before the last flush");
-                        false
-                    }
-                    None => {
-                        warn!("shutdown timeout: the last flush was not handed to MongoDB");
-                        false
-                    }
-                };
-                worker.sent += u64::from(handed);
-            }
+            let views = worker.view_changes(converge).unwrap_or_default();
+            worker.mirror.apply(&views);
+            let bulk = worker.bulk_changes(true);
+            let handed = worker.lanes.send_last((views, bulk), sink_deadline).await;
             // The state without the changes of a flush that never reached the sink must not
             // be persisted: they are in neither MongoDB nor the dirty sets.
             if settled && handed {
                 if let Some(c) = worker.checkpoints.as_mut().filter(|c| !c.has(&worker.positions)) {
-                    c.capture(&worker.engine, &worker.positions, worker.sent);
+                    c.capture(&worker.engine, &worker.positions, worker.lanes.sent());
                 }
             }
         }
-        drop(tx);
         progress.finish(worker.summary.consumed);
-        if within(sink_deadline, &mut sink_task).await.is_none() {
-            sink_task.abort();
-            warn!(
-                acknowledged = acked(),
-                handed = worker.sent,
-                timeout_ms = worker.cadence.shutdown_timeout.as_millis() as u64,
-                "shutdown timeout: stopped waiting for MongoDB; the snapshot covers the acknowledged flushes, the rest is read again at the next start"
-            );
-        }
-        worker.summary.documents_written = progress_of_sink.documents.load(Ordering::Acquire);
-        let acked = acked();
+        let acked = worker.lanes.close(sink_deadline).await;
+        worker.summary.documents_written = worker.lanes.documents();
         if let Some(checkpoints) = worker.checkpoints.as_mut() {
             checkpoints.finish(acked).await;
         }
@@ -721,63 +702,6 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_position(consumed);
             bar.finish();
-        }
-    }
-}
-
-/// Writes each batch, retrying with backoff until MongoDB takes it, and acknowledges them
-/// in order; pings while idle so readiness follows MongoDB's health.
-async fn sink_loop(
-    sink: MongoSink,
-    mut rx: mpsc::Receiver<Batch>,
-    progress: Arc<SinkProgress>,
-    (metrics, health): (Metrics, Arc<Health>),
-    backoff: Backoff,
-) {
-    let mut ping = tokio::time::interval(Duration::from_secs(2));
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let set_up = |up: bool| {
-        health.set_mongo_ok(up);
-        metrics.mongo_up.set(i64::from(up));
-    };
-    loop {
-        tokio::select! {
-            batch = rx.recv() => {
-                let Some(batch) = batch else { break };
-                let mut delay = backoff.initial;
-                loop {
-                    let started = Instant::now();
-                    match sink.write(&batch.changes, Utc::now()).await {
-                        Ok(stats) => {
-                            metrics.flush_duration.observe(started.elapsed().as_secs_f64());
-                            metrics.flushes.with_label_values(&["ok"]).inc();
-                            for (collection, n) in stats.per_collection {
-                                metrics.documents_written.with_label_values(&[collection]).inc_by(n as u64);
-                                progress.documents.fetch_add(n as u64, Ordering::Release);
-                            }
-                            if batch.changes.complete {
-                                let removed: u64 = stats.stale_removed.iter().map(|(_, n)| n).sum();
-                                for (collection, n) in &stats.stale_removed {
-                                    metrics.stale_documents_removed.with_label_values(&[collection]).inc_by(*n);
-                                }
-                                info!(removed, per_collection = ?stats.stale_removed, "complete flush written; stale view documents removed");
-                            }
-                            set_up(true);
-                            metrics.latency.record(&batch.produced_ms, Utc::now().timestamp_millis());
-                            progress.acked.store(batch.seq, Ordering::Release);
-                            break;
-                        }
-                        Err(e) => {
-                            metrics.flushes.with_label_values(&["error"]).inc();
-                            set_up(false);
-                            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "flush to MongoDB failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(backoff.max);
-                        }
-                    }
-                }
-            }
-            _ = ping.tick() => set_up(sink.ping().await.is_ok()),
         }
     }
 }
