@@ -156,7 +156,13 @@ impl Checkpointer {
         let bytes = encode(&meta, engine);
         let encode = started.elapsed();
         self.metrics.snapshot_capture_stall.observe(encode.as_secs_f64());
-        tracing::debug!(views = mark.views, bulk = mark.bulk, bytes = bytes.len(), stall_ms = encode.as_millis() as u64, "state captured");
+        tracing::debug!(
+            views = mark.views,
+            bulk = mark.bulk,
+            bytes = bytes.len(),
+            stall_ms = encode.as_millis() as u64,
+            "state captured"
+        );
         self.waiting.push(Capture { mark, bytes, encode, taken_at_ms, positions: meta.positions });
         self.last_at = Some(Instant::now());
         self.last_positions = Some(positions.clone());

@@ -40,8 +40,8 @@ use crate::kafka::dlq::{DeadLetters, SourcePosition, Undelivered};
 use crate::kafka::source::{Source, TopicPartition};
 use crate::query::{self, Mirror};
 use crate::sink::mongo::MongoSink;
-use sink_lanes::SinkLanes;
 use crate::telemetry::Metrics;
+use sink_lanes::SinkLanes;
 
 /// The instant the views describe (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

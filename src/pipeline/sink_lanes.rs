@@ -89,15 +89,7 @@ pub struct SinkLane {
 
 impl SinkLane {
     fn new(kind: LaneKind) -> Self {
-        SinkLane {
-            kind,
-            sent: 0,
-            acked: 0,
-            produced_ms: Vec::new(),
-            last_sent: None,
-            acks: Arc::default(),
-            task: None,
-        }
+        SinkLane { kind, sent: 0, acked: 0, produced_ms: Vec::new(), last_sent: None, acks: Arc::default(), task: None }
     }
 
     /// Nothing in flight: the next batch may be built (at least `every` after the last).

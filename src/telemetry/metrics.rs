@@ -3,8 +3,8 @@
 //! outcome, sink lane), never a customer or product id.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use super::Latency;
@@ -265,7 +265,12 @@ impl Metrics {
         };
         for outcome in ["ok", "error"] {
             m.snapshots.with_label_values(&[outcome]);
-            m.flushes.with_label_values(&[outcome]);
+            for lane in ["views", "bulk"] {
+                m.flushes.with_label_values(&[lane, outcome]);
+            }
+        }
+        for lane in ["views", "bulk"] {
+            m.flush_duration.with_label_values(&[lane]);
         }
         // Expose every reason from the start, so a rate() over them works before the first one.
         for reason in RejectReason::ALL {
@@ -300,4 +305,25 @@ pub fn resident_bytes() -> Option<i64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_follows_the_naming_rule_and_lanes_are_exposed_from_the_start() {
+        let text = Metrics::new().render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(name.starts_with("martstream_"), "{name}");
+        }
+        for lane in ["views", "bulk"] {
+            assert!(
+                text.contains(&format!("martstream_flushes_total{{lane=\"{lane}\",outcome=\"error\"}} 0")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("martstream_flush_duration_seconds_count{{lane=\"{lane}\"}} 0")), "{text}");
+        }
+    }
 }
