@@ -241,9 +241,11 @@ pub struct ServiceConfig {
     /// acknowledged and this much time has passed, so views trail the stream by about this
     /// plus one flush.
     pub flush_interval_ms: u64,
-    /// Bulk lane (fact_sales, sessions, dim_*): the least time between two bulk flushes
-    /// while no flush is forced (a snapshot, a full batch of `max_pending_facts`, shutdown).
-    /// Longer intervals batch more facts per write; the views never wait for this lane.
+    /// The bulk lane (fact_sales, fact_returns, sessions, dim_*) writes as fast as MongoDB
+    /// takes it, each flush as soon as the previous one is acknowledged. dim_customer's
+    /// segment follows customer_rfm_analysis: rows of customers whose segment changed are
+    /// rewritten at most this often (a new customer's row carries its segment at once),
+    /// so a busy stream does not rewrite a dimension row per event.
     pub dimension_interval_ms: u64,
     /// Address of /metrics, /healthz and /readyz; empty to serve none.
     pub http_listen: String,

@@ -429,3 +429,74 @@ async fn mongodb_refuses_a_wrong_password_and_writes_outside_the_warehouse() {
         assert!(err.to_string().contains("not authorized"), "{db}: {err}");
     }
 }
+
+/// The two sink lanes: while MongoDB refuses every fact (a validator no row meets), the views
+/// still follow the stream exactly and the facts wait, said by the metrics; once facts are
+/// taken again, every view, fact and dimension ends exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn views_stay_current_while_facts_are_refused_and_facts_catch_up_after() {
+    use mongodb::bson::{doc, Document};
+    let mut s = Scenario::new("e2e_lanes");
+    let port = free_port();
+    s.extra = vec!["--set".into(), format!("service.http_listen=127.0.0.1:{port}")];
+    s.extra.extend(["--set".into(), "service.retry_max_ms=1000".into()]);
+    s.create_topics();
+    let base = format!("http://127.0.0.1:{port}");
+    let (service, log) = s.spawn_run();
+    let service_log =
+        || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n");
+    let ready = || async { get(&format!("{base}/readyz")).await.is_some_and(|r| r.0 == 200) };
+    assert!(eventually(Duration::from_secs(30), ready).await, "never ready:\n{}", service_log());
+
+    // The service created fact_sales with the batch design's validator; keep it to restore.
+    let db = common::mongo().await.database(&s.database);
+    let listed = db.run_command(doc! { "listCollections": 1, "filter": { "name": "fact_sales" } }).await.unwrap();
+    let info =
+        listed.get_document("cursor").unwrap().get_array("firstBatch").unwrap()[0].as_document().unwrap().clone();
+    let validator = info.get_document("options").unwrap().get_document("validator").unwrap().clone();
+    let refuse_all = doc! { "$jsonSchema": { "required": ["a_field_no_fact_has"] } };
+    db.run_command(doc! { "collMod": "fact_sales", "validator": refuse_all, "validationAction": "error" })
+        .await
+        .unwrap();
+
+    let messages: Vec<_> =
+        Generator::new(GenConfig { seed: 29, events: 1500, customers: 200, ..GenConfig::default() }).collect();
+    s.produce(&messages).await;
+    let applied = recompute::applied(&messages);
+    let as_of = recompute::event_clock(&applied);
+    let expected = recompute::rfm(&applied, as_of, false);
+    let views_exact = || async {
+        recompute::rfm_diff(&s.collection("customer_rfm_analysis").await, &expected, None).is_ok()
+            && recompute::products_diff(
+                &s.collection("product_performance").await,
+                &recompute::products(&applied, as_of),
+                None,
+            )
+            .is_ok()
+            && recompute::trends_diff(&s.collection("sales_trends").await, &recompute::trends(&applied, as_of)).is_ok()
+    };
+    assert!(eventually(Duration::from_secs(30), views_exact).await, "views did not follow:\n{}", service_log());
+    let facts_written = db.collection::<Document>("fact_sales").count_documents(doc! {}).await.unwrap();
+    assert_eq!(facts_written, 0, "MongoDB was to refuse every fact");
+    // The waiting facts and the refused bulk flushes are told (gauges export each second).
+    let said = || async {
+        let metrics = get(&format!("{base}/metrics")).await.map(|r| r.1).unwrap_or_default();
+        metric(&metrics, "martstream_facts_pending").is_some_and(|n| n > 0.0)
+            && metric(&metrics, "martstream_flushes_total{lane=\"bulk\",outcome=\"error\"}").is_some_and(|n| n > 0.0)
+            && metric(&metrics, "martstream_flushes_total{lane=\"views\",outcome=\"ok\"}").is_some_and(|n| n > 0.0)
+    };
+    if !eventually(Duration::from_secs(10), said).await {
+        panic!("metrics do not tell the facts wait:\n{}", get(&format!("{base}/metrics")).await.unwrap().1);
+    }
+    let (code, _) = get(&format!("{base}/readyz")).await.unwrap();
+    assert_eq!(code, 503, "facts not written: the warehouse is not current");
+
+    db.run_command(doc! { "collMod": "fact_sales", "validator": validator }).await.unwrap();
+    let all_exact = || async { recompute::check_every_view(&db, &messages, &[], as_of, false).await.is_ok() };
+    if !eventually(Duration::from_secs(60), all_exact).await {
+        let e = recompute::check_every_view(&db, &messages, &[], as_of, false).await.unwrap_err();
+        panic!("after facts were taken again: {e}\n{}", service_log());
+    }
+    assert!(eventually(Duration::from_secs(15), ready).await, "not ready again:\n{}", service_log());
+    drop(service);
+}

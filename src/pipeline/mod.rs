@@ -470,7 +470,8 @@ impl Worker {
 
     fn update_gauges(&mut self) {
         self.metrics.sink_pending_flushes.set(self.lanes.pending() as i64);
-        self.metrics.facts_pending.set(self.engine.warehouse().pending_facts() as i64);
+        let pending = self.engine.warehouse().pending_facts() + self.lanes.bulk.rows_in_flight();
+        self.metrics.facts_pending.set(pending as i64);
         let late = [self.engine.products().late_lines(), self.engine.trends().late_events()];
         for (i, view) in ["product_performance", "sales_trends"].into_iter().enumerate() {
             self.metrics.late_events.with_label_values(&[view]).inc_by(late[i] - self.late_exported[i]);

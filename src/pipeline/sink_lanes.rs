@@ -83,13 +83,24 @@ pub struct SinkLane {
     /// Message timestamps of the events applied since this lane's last batch.
     produced_ms: Vec<i64>,
     last_sent: Option<Instant>,
+    /// Fact rows (sales, returns, sessions) in the batch in flight; 0 once acknowledged.
+    rows_in_flight: usize,
     acks: Arc<Acks>,
     task: Option<Task>,
 }
 
 impl SinkLane {
     fn new(kind: LaneKind) -> Self {
-        SinkLane { kind, sent: 0, acked: 0, produced_ms: Vec::new(), last_sent: None, acks: Arc::default(), task: None }
+        SinkLane {
+            kind,
+            sent: 0,
+            acked: 0,
+            produced_ms: Vec::new(),
+            last_sent: None,
+            rows_in_flight: 0,
+            acks: Arc::default(),
+            task: None,
+        }
     }
 
     /// Nothing in flight: the next batch may be built (at least `every` after the last).
@@ -104,11 +115,13 @@ impl SinkLane {
             return;
         }
         let Some(task) = &self.task else { return };
+        let rows = changes.facts.len() + changes.sessions.len();
         let batch = Batch { seq: self.sent + 1, changes, produced_ms: std::mem::take(&mut self.produced_ms) };
         // Nothing is in flight, so the channel has room; the task only stops at shutdown.
         if task.tx.try_send(batch).is_ok() {
             self.sent += 1;
             self.last_sent = Some(Instant::now());
+            self.rows_in_flight = rows;
         }
     }
 
@@ -138,6 +151,14 @@ impl SinkLane {
 
     fn refresh(&mut self) {
         self.acked = self.acks.acked.load(Ordering::Acquire);
+        if self.acked == self.sent {
+            self.rows_in_flight = 0;
+        }
+    }
+
+    /// Fact rows handed to this lane and not acknowledged by MongoDB yet.
+    pub fn rows_in_flight(&self) -> usize {
+        self.rows_in_flight
     }
 }
 

@@ -218,7 +218,7 @@ impl Metrics {
             ),
             facts_pending: gauge(
                 "martstream_facts_pending",
-                "Fact rows applied and not handed to the sink yet; consumption pauses at service.max_pending_facts.",
+                "Fact rows (sales, returns, sessions) applied and not acknowledged by MongoDB yet: waiting in the state or in the bulk lane's flush in flight. Consumption pauses while service.max_pending_facts wait in the state.",
             ),
             stale_documents_removed: counter_vec(
                 "martstream_stale_documents_removed_total",
