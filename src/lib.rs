@@ -14,7 +14,9 @@
 //! - [`sink`]: the MongoDB sink: view documents as BSON, idempotent batched upserts, the
 //!   batch design's indexes.
 //! - [`pipeline`]: the loop that wires source → engine → sink, with flush cadence,
-//!   backpressure, retries and the last flush on shutdown.
+//!   backpressure and the last flush on shutdown; `pipeline::sink_lanes`: the two writers
+//!   (views every 200 ms, bulk facts and dimensions as fast as MongoDB takes them), each
+//!   retrying with backoff.
 //! - [`snapshot`]: the snapshot file format (versioned, checksummed) and the directory store;
 //!   [`checkpoint`]: when the pipeline takes one, and the restore at start.
 //! - [`reconcile`]: the nightly reconciliation against PostgreSQL (its queries and
