@@ -167,6 +167,18 @@ impl Engine {
         let (customer, prior_last) = self.rfm.apply(tx);
         self.open.record(customer, tx.timestamp, tx.kind, tx.total_cents, prior_last);
         self.warehouse.apply(tx);
+        // A customer with refunds only has no RFM document whose flush would restate their
+        // dim_customer row (segment null, lifetime value = Σ refunds): restate it here.
+        if let Some(c) = self.rfm.customer(tx.user_id.as_str()).filter(|c| c.frequency == 0) {
+            if let Some(customer_key) = self.warehouse.customers.get(tx.user_id.as_str()) {
+                self.warehouse.restate_customer(DimCustomer {
+                    customer_key,
+                    customer_id: tx.user_id.to_string(),
+                    customer_segment: None,
+                    lifetime_value_cents: c.monetary,
+                });
+            }
+        }
         for product_id in self.products.apply(tx) {
             self.warehouse.product_changed(product_id);
         }
