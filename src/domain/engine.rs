@@ -212,10 +212,10 @@ impl Engine {
     /// with `full`). The dim_customer rows that follow their RFM changes wait in the
     /// warehouse for [`Engine::flush_bulk`], coalesced.
     pub fn flush_views(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
-        let rfm = self.rfm.flush(as_of, full);
+        let rfm = self.rfm.flush_marked(as_of, full);
         let products = self.products.flush(as_of, full);
         let trends = self.trends.flush(as_of, full);
-        for d in &rfm {
+        for d in rfm.iter().filter(|(_, dim_changed)| *dim_changed).map(|(d, _)| d) {
             if let Some(customer_key) = self.warehouse.customers.get(d.customer_id.as_str()) {
                 self.warehouse.restate_customer(DimCustomer {
                     customer_key,
@@ -226,6 +226,7 @@ impl Engine {
             }
         }
         let rfm_deletes = self.rfm.take_removed();
+        let rfm = rfm.into_iter().map(|(d, _)| d).collect();
         ViewChanges { rfm, rfm_deletes, products, trends, complete: full, ..ViewChanges::default() }
     }
 

@@ -375,6 +375,13 @@ impl RfmState {
     /// The documents that changed since the last flush, as of `as_of`; with `full`, every
     /// document. Afterwards nothing is dirty.
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<RfmDoc> {
+        self.flush_marked(as_of, full).into_iter().map(|(doc, _)| doc).collect()
+    }
+
+    /// [`RfmState::flush`], each document paired with whether the customer's dim_customer
+    /// row (segment, lifetime value) changes with it: a customer whose scores moved only
+    /// because the boundaries did, within the same segment, keeps its row.
+    pub fn flush_marked(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, bool)> {
         let as_of_day = i64::from(epoch_day(as_of.date_naive()));
         let dirty = std::mem::take(&mut self.dirty);
         self.sync_ranks(&dirty);
@@ -416,8 +423,13 @@ impl RfmState {
             if !(everyone || was_dirty || scores != c.emitted) {
                 continue;
             }
+            // The lifetime value only changes with the customer's own events (dirty).
+            let dim_changed = full
+                || was_dirty
+                || c.emitted == [0; 3]
+                || self.config.segment(c.emitted) != self.config.segment(scores);
             c.emitted = scores;
-            docs.push(document(&self.config, id, c, (recency, scores), as_of));
+            docs.push((document(&self.config, id, c, (recency, scores), as_of), dim_changed));
         }
         self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
         docs
