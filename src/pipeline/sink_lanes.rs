@@ -184,7 +184,7 @@ impl SinkLanes {
             let (tx, rx) = mpsc::channel::<Batch>(1);
             let writer = Writer {
                 kind: lane.kind,
-                sink: sink.clone(),
+                sink: if lane.kind == LaneKind::Bulk { sink.yielding_to_views() } else { sink.clone() },
                 acks: lane.acks.clone(),
                 metrics: metrics.clone(),
                 health: health.clone(),

@@ -6,6 +6,8 @@
 //! few batches in flight each. (`Client::bulk_write` would need server 8.0; this works on
 //! 6.0 and 7.0.)
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,6 +16,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, IndexOptions, ValidationLevel};
 use mongodb::{Client, Database, IndexModel};
+use tokio::sync::Notify;
 
 use super::documents::{
     self, CUSTOMER_RFM, DIM_CUSTOMER, DIM_DATE, DIM_LOCATION, DIM_PRODUCT, DIM_TIME, FACT_CUSTOMER_SESSIONS,
@@ -57,6 +60,52 @@ const BATCHES_IN_FLIGHT: usize = 4;
 pub struct MongoSink {
     db: Database,
     batch_size: usize,
+    views_first: Arc<ViewsFirst>,
+    /// This handle's batches wait while a view flush is being written (the bulk lane's).
+    yields_to_views: bool,
+}
+
+/// The longest a bulk batch waits for a view flush to finish before it is sent anyway, so
+/// that facts keep moving while the views lane is busy.
+const MAX_YIELD: Duration = Duration::from_millis(250);
+
+/// The views lane goes first: on two cores MongoDB writes a view flush faster when the bulk
+/// lane's batches do not compete with it. Counts view flushes being written; the bulk lane
+/// sends its next batch when none is (or after [`MAX_YIELD`]).
+#[derive(Default)]
+struct ViewsFirst {
+    writing: AtomicUsize,
+    done: Notify,
+}
+
+/// A view flush being written; dropped when it is done (or failed, or was cancelled).
+struct ViewFlushWriting<'a>(&'a ViewsFirst);
+
+impl Drop for ViewFlushWriting<'_> {
+    fn drop(&mut self) {
+        self.0.writing.fetch_sub(1, Ordering::AcqRel);
+        self.0.done.notify_waiters();
+    }
+}
+
+impl ViewsFirst {
+    fn begin(&self) -> ViewFlushWriting<'_> {
+        self.writing.fetch_add(1, Ordering::AcqRel);
+        ViewFlushWriting(self)
+    }
+
+    async fn wait(&self) {
+        let idle = async {
+            loop {
+                let finished = self.done.notified(); // registered before the check
+                if self.writing.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                finished.await;
+            }
+        };
+        let _ = tokio::time::timeout(MAX_YIELD, idle).await;
+    }
 }
 
 /// A MongoDB error in a few words: server selection failures name the underlying cause
@@ -94,7 +143,12 @@ impl MongoSink {
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
         let client = Client::with_options(options).map_err(|source| SinkError::BadUri { uri: uri.clone(), source })?;
-        let sink = MongoSink { db: client.database(&config.database), batch_size: config.write_batch_size };
+        let sink = MongoSink {
+            db: client.database(&config.database),
+            batch_size: config.write_batch_size,
+            views_first: Arc::default(),
+            yields_to_views: false,
+        };
         match sink.ping_server().await {
             Ok(_) => Ok(sink),
             Err(e) if matches!(*e.kind, ErrorKind::Authentication { .. }) => {
@@ -102,6 +156,12 @@ impl MongoSink {
             }
             Err(e) => Err(SinkError::Unreachable { uri, timeout, reason: first_line(&e) }),
         }
+    }
+
+    /// The same sink for the bulk lane: each of its batches waits (a bounded time) while a
+    /// view flush is being written.
+    pub fn yielding_to_views(&self) -> MongoSink {
+        MongoSink { yields_to_views: true, ..self.clone() }
     }
 
     pub fn database(&self) -> &Database {
@@ -166,6 +226,7 @@ impl MongoSink {
         let trends: Vec<(Bson, Document)> =
             changes.trends.upserts.iter().map(|d| documents::trend(d, written_at)).collect();
         let complete = changes.complete;
+        let _first = self.views_first.begin();
         let view = |name: &'static str, deletes: &'a [String], upserts: Vec<(Bson, Document)>| async move {
             let n = self.delete(name, deletes).await? + self.upsert(name, upserts).await?;
             let stale = if complete { self.delete_stale(name, written_at).await? } else { 0 };
@@ -366,6 +427,9 @@ impl MongoSink {
         let batch = |chunk: &[Document]| {
             let command = doc! { command: collection, list: chunk, "ordered": false };
             async move {
+                if self.yields_to_views {
+                    self.views_first.wait().await;
+                }
                 let reply = self.db.run_command(command).await.map_err(|e| fail(first_line(&e)))?;
                 if let Ok(errors) = reply.get_array("writeErrors") {
                     let already_there = |e: &Bson| {
