@@ -221,7 +221,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Plan { start, as_of, service: false, rate: args.rate, dims_from, dead_letters: args.dead_letters };
             let s = consume(&config, plan).await?;
             println!(
-                "replayed {} messages: {} applied, {} duplicates, {} dead-lettered ({} already in the DLQ or --dead-letters none, not sent); wrote {} documents; as_of {}; read in {:.1} s, then {:.1} s for the last writes",
+                "replayed {} messages: {} applied, {} duplicates, {} dead-lettered ({} already in the DLQ or --dead-letters none, not sent); wrote {} documents; as_of {}; read in {:.1} s, then {:.1} s for the last writes{}",
                 s.consumed,
                 s.applied,
                 s.duplicates,
@@ -230,7 +230,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 s.documents_written,
                 s.as_of.map_or("-".into(), |t| t.to_rfc3339()),
                 s.reading.as_secs_f64(),
-                s.draining.as_secs_f64()
+                s.draining.as_secs_f64(),
+                s.indexing.map_or(String::new(), |t| format!(
+                    ", then {:.1} s building the secondary indexes (loaded into an empty database first)",
+                    t.as_secs_f64()
+                ))
             );
             if args.swap {
                 let shadow = MongoSink::connect(&config.mongo).await?;
@@ -328,7 +332,15 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         let n = sink.copy_dimensions_from(live).await?;
         info!(from = %live, into = %config.mongo.database, collections = n, "dimensions copied for the backfill");
     }
-    sink.prepare().await?;
+    // A replay into an empty database loads first and builds the secondary indexes after
+    // (each document then costs one index entry, not five to seven), as mongorestore does.
+    let bulk_load = !service && sink.is_empty().await?;
+    if bulk_load {
+        sink.prepare_collections().await?;
+        info!(database = %config.mongo.database, "phase 1/2: loading into an empty database; secondary indexes are built afterwards");
+    } else {
+        sink.prepare().await?;
+    }
     health.set_mongo_ok(true);
     let mut queries = None;
     let mut control = None;
@@ -433,7 +445,16 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
     let slack = if service { config.service.ready_max_lag } else { 0 };
     worker = worker.converge_after(end.clone(), slack);
     let until = if to_end { Until::Offsets(end) } else { Until::Forever };
-    Ok(Pipeline { source, worker, queries, control }.run(sink, until, to_end, shutdown).await)
+    let mut summary = Pipeline { source, worker, queries, control }.run(sink.clone(), until, to_end, shutdown).await;
+    if bulk_load {
+        // Also after an interrupted replay: whatever starts next on this database would
+        // build them anyway.
+        let t = std::time::Instant::now();
+        info!(indexes = crate::sink::documents::INDEXES.len(), "phase 2/2: building the secondary indexes");
+        sink.create_indexes().await?;
+        summary.indexing = Some(t.elapsed());
+    }
+    Ok(summary)
 }
 
 /// The DLQ producer; with [`DeadLetterPolicy::New`], after reading which source messages

@@ -57,6 +57,9 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
     let validator =
         db.run_command(mongodb::bson::doc! { "listCollections": 1, "filter": { "name": "fact_sales" } }).await.unwrap();
     assert!(format!("{validator}").contains("$jsonSchema"), "fact_sales has the batch design's validator: {validator}");
+    // Into an empty database: loaded first, then every secondary index built.
+    assert!(stdout.contains("building the secondary indexes (loaded into an empty database first)"), "{stdout}");
+    assert_every_index_exists(&db).await;
     let keys_before = s.collection("dim_product").await;
 
     // The dead-letter topic: every rejected message once, unchanged, with reason and origin.
@@ -94,14 +97,35 @@ async fn replay_builds_the_exact_rfm_view_and_dead_letters_bad_input() {
         docs.iter().map(|d| (d.get_str("product_id").unwrap().to_owned(), d.get_i32("product_key").unwrap())).collect()
     };
     assert_eq!(key(&s.collection("dim_product").await), key(&keys_before), "surrogate keys survive a replay");
-    // ...and replaying everything again converges to the same documents (idempotent).
-    s.martstream(&["replay", "--clock", "event"]);
+    // ...and replaying everything again converges to the same documents (idempotent),
+    // into the indexed database as it is (no deferred build: it is not empty).
+    let out = s.martstream(&["replay", "--clock", "event"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("building the secondary indexes"));
     let again = s.collection("customer_rfm_analysis").await;
     recompute::assert_rfm_equal(&again, &expected, as_of);
     recompute::check_star_schema(&db, &applied).await.unwrap();
     assert_eq!(key(&s.collection("dim_product").await), key(&keys_before));
     // Three replays, and still each bad message once in the DLQ.
     assert_each_bad_message_lettered_once(&s, &messages);
+}
+
+/// Every index of the batch design (`documents::INDEXES`) is on its collection.
+async fn assert_every_index_exists(db: &mongodb::Database) {
+    use futures::TryStreamExt;
+    for spec in martstream::sink::documents::INDEXES {
+        let names: Vec<String> = db
+            .collection::<mongodb::bson::Document>(spec.collection)
+            .list_indexes()
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|i| i.options.and_then(|o| o.name))
+            .collect();
+        assert!(names.iter().any(|n| n == spec.name), "{}.{} missing: {names:?}", spec.collection, spec.name);
+    }
 }
 
 /// The transactions DLQ holds exactly one letter per rejected message of `messages`.

@@ -107,6 +107,8 @@ pub struct Summary {
     /// Time spent reading to the end, then waiting for the last writes and the snapshot.
     pub reading: Duration,
     pub draining: Duration,
+    /// A replay into an empty database: the secondary index build after the load.
+    pub indexing: Option<Duration>,
 }
 
 /// What an input topic carries, and where its rejects go.

@@ -178,6 +178,33 @@ impl MongoSink {
 
     /// Creates the batch design's validator, indexes and `dim_time` (idempotent).
     pub async fn prepare(&self) -> Result<(), SinkError> {
+        self.prepare_collections().await?;
+        self.create_indexes().await
+    }
+
+    /// Whether no fact or view collection holds a document yet (dimensions copied for a
+    /// backfill do not count): a replay into it can load first and index afterwards.
+    pub async fn is_empty(&self) -> Result<bool, SinkError> {
+        for collection in
+            [FACT_SALES, FACT_RETURNS, FACT_CUSTOMER_SESSIONS, CUSTOMER_RFM, PRODUCT_PERFORMANCE, SALES_TRENDS]
+        {
+            let one = self
+                .db
+                .collection::<Document>(collection)
+                .find_one(doc! {})
+                .await
+                .map_err(|e| SinkError::Read { collection: collection.into(), reason: first_line(&e) })?;
+            if one.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The fact collections with the batch design's validator, and `dim_time` (idempotent).
+    /// As mongorestore does, collection options come first and secondary indexes after the
+    /// data: see [`MongoSink::create_indexes`].
+    pub async fn prepare_collections(&self) -> Result<(), SinkError> {
         for collection in [FACT_SALES, FACT_RETURNS] {
             let fail =
                 |e: mongodb::error::Error| SinkError::Prepare { collection: collection.into(), reason: first_line(&e) };
@@ -200,6 +227,11 @@ impl MongoSink {
             }
         }
         self.upsert(DIM_TIME, documents::dim_time()).await?;
+        Ok(())
+    }
+
+    /// The batch design's secondary indexes (idempotent: an existing one is left as is).
+    pub async fn create_indexes(&self) -> Result<(), SinkError> {
         for spec in INDEXES {
             let keys: Document = spec.keys.iter().map(|(k, dir)| (k.to_string(), Bson::Int32(*dir))).collect();
             let model = IndexModel::builder()
