@@ -243,9 +243,10 @@ pub struct ServiceConfig {
     pub flush_interval_ms: u64,
     /// The bulk lane (fact_sales, fact_returns, sessions, dim_*) writes as fast as MongoDB
     /// takes it, each flush as soon as the previous one is acknowledged. dim_customer's
-    /// segment follows customer_rfm_analysis: rows of customers whose segment changed are
-    /// rewritten at most this often (a new customer's row carries its segment at once),
-    /// so a busy stream does not rewrite a dimension row per event.
+    /// segment and lifetime value follow customer_rfm_analysis: a changed row is rewritten
+    /// this long after its first change, with its latest value (a new customer's row carries
+    /// its segment at once), so a busy stream rewrites a dimension row at most once per
+    /// interval, and evenly: rows fall due as they changed, not all at once.
     pub dimension_interval_ms: u64,
     /// Address of /metrics, /healthz and /readyz; empty to serve none.
     pub http_listen: String,
@@ -275,7 +276,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             clock: Clock::Wall,
             flush_interval_ms: 200,
-            dimension_interval_ms: 5000,
+            dimension_interval_ms: 30000,
             http_listen: "127.0.0.1:9464".into(),
             api_token: String::new(),
             allow_unauthenticated: false,

@@ -17,7 +17,7 @@ use super::reconcile::{
 use super::rfm::{Customer, RfmConfig, RfmDoc, RfmState};
 use super::session::{Session, SessionFact};
 use super::trends::{Bucket, TrendChanges, TrendConfig, TrendState};
-use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Warehouse};
+use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Restate, Warehouse};
 use super::FastMap;
 
 /// The view settings of `[views]`.
@@ -98,6 +98,10 @@ pub struct Engine {
     watermark: Option<DateTime<Utc>>,
     /// The events a reconciliation cut may still need (see [`super::reconcile`]).
     open: OpenEvents,
+    /// View flushes so far (this run): dim_customer rows are restated by the generation
+    /// they first changed in (see [`Restate::ChangedBy`]).
+    #[serde(skip)]
+    views_generation: u64,
 }
 
 impl Engine {
@@ -111,6 +115,7 @@ impl Engine {
             warehouse: Warehouse::default(),
             watermark: None,
             open: OpenEvents::default(),
+            views_generation: 0,
         }
     }
 
@@ -171,12 +176,13 @@ impl Engine {
         // dim_customer row (segment null, lifetime value = Σ refunds): restate it here.
         if let Some(c) = self.rfm.customer(tx.user_id.as_str()).filter(|c| c.frequency == 0) {
             if let Some(customer_key) = self.warehouse.customers.get(tx.user_id.as_str()) {
-                self.warehouse.restate_customer(DimCustomer {
+                let row = DimCustomer {
                     customer_key,
                     customer_id: tx.user_id.to_string(),
                     customer_segment: None,
                     lifetime_value_cents: c.monetary,
-                });
+                };
+                self.warehouse.restate_customer(row, self.views_generation + 1);
             }
         }
         for product_id in self.products.apply(tx) {
@@ -204,7 +210,7 @@ impl Engine {
     /// Changed documents as of `as_of` (every document with `full`): both lanes at once.
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
         let views = self.flush_views(as_of, full);
-        let bulk = self.flush_bulk(true);
+        let bulk = self.flush_bulk(Restate::All);
         ViewChanges { facts: bulk.facts, sessions: bulk.sessions, dims: bulk.dims, ..views }
     }
 
@@ -212,17 +218,19 @@ impl Engine {
     /// with `full`). The dim_customer rows that follow their RFM changes wait in the
     /// warehouse for [`Engine::flush_bulk`], coalesced.
     pub fn flush_views(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
+        self.views_generation += 1;
         let rfm = self.rfm.flush_marked(as_of, full);
         let products = self.products.flush(as_of, full);
         let trends = self.trends.flush(as_of, full);
         for d in rfm.iter().filter(|(_, dim_changed)| *dim_changed).map(|(d, _)| d) {
             if let Some(customer_key) = self.warehouse.customers.get(d.customer_id.as_str()) {
-                self.warehouse.restate_customer(DimCustomer {
+                let row = DimCustomer {
                     customer_key,
                     customer_id: d.customer_id.clone(),
                     customer_segment: Some(d.rfm_segment.clone()),
                     lifetime_value_cents: d.monetary_cents,
-                });
+                };
+                self.warehouse.restate_customer(row, self.views_generation);
             }
         }
         let rfm_deletes = self.rfm.take_removed();
@@ -232,14 +240,19 @@ impl Engine {
 
     /// The bulk lane: new facts and sessions, and the dimension rows of new keys (so that
     /// facts always resolve; a new customer's row carries its segment when a view flush
-    /// gave it one). With `restate`, also every dim_customer row view flushes changed since
-    /// the last restate, once each with its latest value; without, those keep coalescing.
-    /// The views keep their own changes in their dirty sets for [`Engine::flush_views`].
-    pub fn flush_bulk(&mut self, restate: bool) -> ViewChanges {
+    /// gave it one). Also the dim_customer rows view flushes changed that `restate` asks
+    /// for, once each with its latest value; the others keep coalescing. The views keep
+    /// their own changes in their dirty sets for [`Engine::flush_views`].
+    pub fn flush_bulk(&mut self, restate: Restate) -> ViewChanges {
         let (facts, changed) = self.warehouse.flush();
         let sessions = self.warehouse.take_sessions();
         let dims = self.dim_docs(changed, restate);
         ViewChanges { facts, sessions, dims, ..ViewChanges::default() }
+    }
+
+    /// View flushes so far in this run (the generation of the latest).
+    pub fn views_generation(&self) -> u64 {
+        self.views_generation
     }
 
     /// dim_customer rows waiting for a restating bulk flush.
@@ -346,7 +359,7 @@ impl Engine {
 
     /// Completes the dimension rows: products from their latest attributes; customers whose
     /// RFM document changed (segment, lifetime value) or who are new.
-    fn dim_docs(&mut self, changed: super::warehouse::DimChanges, restate: bool) -> DimDocs {
+    fn dim_docs(&mut self, changed: super::warehouse::DimChanges, restate: Restate) -> DimDocs {
         let products = changed
             .products
             .into_iter()
@@ -735,7 +748,7 @@ mod tests {
                     Arrival::Flush(hours) => {
                         let as_of = as_of(&every, *hours);
                         written.apply(every.flush(as_of, false));
-                        loaded.apply(deferred.flush_bulk(false));
+                        loaded.apply(deferred.flush_bulk(Restate::None));
                     }
                 }
             }
@@ -792,12 +805,16 @@ mod tests {
                         let as_of = as_of(&together, *hours);
                         a.apply(together.flush(as_of, false));
                         lane += 1;
-                        match lane % 4 {
+                        match lane % 5 {
                             0 => b.apply(apart.flush_views(as_of, false)),
-                            1 => b.apply(apart.flush_bulk(false)),
-                            2 => b.apply(apart.flush_bulk(true)),
+                            1 => b.apply(apart.flush_bulk(Restate::None)),
+                            2 => b.apply(apart.flush_bulk(Restate::All)),
+                            3 => {
+                                let older = apart.views_generation().saturating_sub(1);
+                                b.apply(apart.flush_bulk(Restate::ChangedBy(older)));
+                            }
                             _ => {
-                                b.apply(apart.flush_bulk(false));
+                                b.apply(apart.flush_bulk(Restate::None));
                                 b.apply(apart.flush_views(as_of, false));
                             }
                         }
@@ -811,7 +828,7 @@ mod tests {
             let last = as_of(&together, final_hours);
             a.apply(together.flush(last, false));
             b.apply(apart.flush_views(last, false));
-            b.apply(apart.flush_bulk(true));
+            b.apply(apart.flush_bulk(Restate::All));
             prop_assert_eq!(apart.restated_customers(), 0);
             // A document either lane left unchanged keeps the analysis_date it was written at.
             prop_assert_eq!(a.dated(last), b.dated(last));

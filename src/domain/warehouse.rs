@@ -143,9 +143,27 @@ pub struct Warehouse {
     /// dim_customer rows the view flushes changed (segment, lifetime value) since the bulk
     /// lane last took them, by customer key: the latest value of each, written once.
     restated_customers: BTreeMap<i32, DimCustomer>,
+    /// The keys of `restated_customers` in the order they first changed, each with the
+    /// view-flush generation it first changed in: a bulk flush writes those whose wait is
+    /// over ([`Restate::ChangedBy`]), so restates flow evenly instead of in bursts. Not in
+    /// snapshots: rebuilt (every waiting row due at once) on the first take after a restore.
+    #[serde(skip)]
+    restate_queue: std::collections::VecDeque<(u64, i32)>,
+    #[serde(skip)]
+    restate_queue_built: bool,
     /// Reused for building location keys.
     #[serde(skip)]
     scratch: String,
+}
+
+/// Which of the dim_customer rows waiting to be restated a bulk flush writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restate {
+    /// None (new customers' rows are always written, before their facts).
+    None,
+    /// Those that first changed in view flush generation `n` or earlier.
+    ChangedBy(u64),
+    All,
 }
 
 impl Warehouse {
@@ -229,17 +247,44 @@ impl Warehouse {
 
     /// Notes a customer's current dim_customer row (after a view flush changed its RFM
     /// figures); an earlier one not yet taken is replaced.
-    pub fn restate_customer(&mut self, row: DimCustomer) {
-        self.restated_customers.insert(row.customer_key, row);
+    /// A dim_customer row changed by view flush `generation`: kept (its latest value) until
+    /// a bulk flush takes it.
+    pub fn restate_customer(&mut self, row: DimCustomer, generation: u64) {
+        let key = row.customer_key;
+        if self.restated_customers.insert(key, row).is_none() {
+            self.restate_queue.push_back((generation, key));
+        }
     }
 
-    /// The restated dim_customer rows: all of them, or (`all == false`) only those of
-    /// `keys` (new customers, whose row must exist before their facts).
-    pub fn take_restated(&mut self, all: bool, keys: &[(i32, String)]) -> Vec<DimCustomer> {
-        if all {
-            return std::mem::take(&mut self.restated_customers).into_values().collect();
+    /// The restated dim_customer rows `restate` asks for, and those of `keys` (new
+    /// customers, whose row must exist before their facts).
+    pub fn take_restated(&mut self, restate: Restate, keys: &[(i32, String)]) -> Vec<DimCustomer> {
+        if !self.restate_queue_built {
+            // After a restore: the rows waiting are due (generation 0).
+            self.restate_queue = self.restated_customers.keys().map(|&k| (0, k)).collect();
+            self.restate_queue_built = true;
         }
-        keys.iter().filter_map(|(key, _)| self.restated_customers.remove(key)).collect()
+        let mut rows = Vec::new();
+        match restate {
+            Restate::All => {
+                self.restate_queue.clear();
+                return std::mem::take(&mut self.restated_customers).into_values().collect();
+            }
+            Restate::ChangedBy(generation) => {
+                while let Some(&(g, key)) = self.restate_queue.front() {
+                    if g > generation {
+                        break;
+                    }
+                    self.restate_queue.pop_front();
+                    rows.extend(self.restated_customers.remove(&key));
+                }
+            }
+            Restate::None => {}
+        }
+        // A key taken here leaves its queue entry behind; popping it later finds nothing
+        // (or the key's newer row, written a little early).
+        rows.extend(keys.iter().filter_map(|(key, _)| self.restated_customers.remove(key)));
+        rows
     }
 
     /// dim_customer rows waiting for the bulk lane.

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::Checkpointer;
 use crate::domain::session::decode_session;
+use crate::domain::warehouse::Restate;
 use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection, ViewChanges};
 use crate::health::Health;
 use crate::kafka::dlq::{DeadLetters, SourcePosition, Undelivered};
@@ -195,8 +196,11 @@ pub struct Worker {
     checkpoints: Option<Checkpointer>,
     convergence: Convergence,
     lanes: SinkLanes,
-    /// When the bulk lane last restated dim_customer rows.
-    restated_at: Option<Instant>,
+    /// When each recent view flush (generation) was built, oldest first: a dim_customer
+    /// row is restated `dimension_interval_ms` after the view flush it first changed in.
+    view_flushes: std::collections::VecDeque<(Instant, u64)>,
+    /// The newest generation whose rows are due.
+    restate_through: u64,
     /// The last flushed windowed views, for queries.
     mirror: Mirror,
     /// When the segment gauges were last recounted (a scan of every customer).
@@ -224,7 +228,8 @@ impl Worker {
             checkpoints: None,
             convergence: Convergence::Done,
             lanes: SinkLanes::default(),
-            restated_at: None,
+            view_flushes: std::collections::VecDeque::new(),
+            restate_through: 0,
             mirror: Mirror::default(),
             segments_counted: None,
         }
@@ -429,7 +434,9 @@ impl Worker {
         match self.cadence.as_of.at(&self.engine) {
             Some(as_of) => {
                 self.summary.as_of = Some(as_of);
-                Some(self.engine.flush_views(as_of, converge))
+                let changes = self.engine.flush_views(as_of, converge);
+                self.view_flushes.push_back((Instant::now(), self.engine.views_generation()));
+                Some(changes)
             }
             // No transaction applied under the event clock: the views are empty in the state,
             // so converging only removes what MongoDB holds (there is no as_of to flush at).
@@ -438,13 +445,21 @@ impl Worker {
         }
     }
 
-    /// The bulk lane's next changes; dim_customer rows restated when their interval passed.
+    /// The bulk lane's next changes: with them, the dim_customer rows whose first change is
+    /// `dimension_interval_ms` old (each with its latest value), or every waiting row with
+    /// `force_restate`. Rows so become due as evenly as they changed, never in bursts.
     fn bulk_changes(&mut self, force_restate: bool) -> ViewChanges {
-        let restate = force_restate || self.restated_at.is_none_or(|t| t.elapsed() >= self.cadence.dimension_every);
-        if restate {
-            self.restated_at = Some(Instant::now());
+        if force_restate {
+            return self.engine.flush_bulk(Restate::All);
         }
-        self.engine.flush_bulk(restate)
+        while let Some(&(built, generation)) = self.view_flushes.front() {
+            if built.elapsed() < self.cadence.dimension_every {
+                break;
+            }
+            self.restate_through = generation;
+            self.view_flushes.pop_front();
+        }
+        self.engine.flush_bulk(Restate::ChangedBy(self.restate_through))
     }
 
     /// Hands each lane that is free its changes (the views at most every flush interval),

@@ -65,6 +65,16 @@ pub struct MongoSink {
     yields_to_views: bool,
 }
 
+/// Every write waits for a majority of the replica set, journaled (MongoDB's own default for
+/// a replica set since 5.0, made explicit so a server or driver default cannot weaken it):
+/// a snapshot records a flush only once MongoDB acknowledged it (SPEC §7), so an
+/// acknowledged write must survive a mongod crash or a failover, or the restored state
+/// would claim documents MongoDB lost. On a replica set of one it costs a journal commit
+/// per batch, shared by the batches in flight.
+fn write_concern() -> Document {
+    doc! { "w": "majority", "j": true }
+}
+
 /// The longest a bulk batch waits for a view flush to finish before it is sent anyway, so
 /// that facts keep moving while the views lane is busy.
 const MAX_YIELD: Duration = Duration::from_millis(250);
@@ -358,7 +368,9 @@ impl MongoSink {
         let stale = doc! { "q": { "updated_at": { "$ne": documents::date(written_at) } }, "limit": 0 };
         let reply = self
             .db
-            .run_command(doc! { "delete": collection, "deletes": [stale], "ordered": false })
+            .run_command(
+                doc! { "delete": collection, "deletes": [stale], "ordered": false, "writeConcern": write_concern() },
+            )
             .await
             .map_err(fail)?;
         if let Ok(errors) = reply.get_array("writeErrors") {
@@ -457,7 +469,7 @@ impl MongoSink {
         use futures::StreamExt;
         let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
         let batch = |chunk: &[Document]| {
-            let command = doc! { command: collection, list: chunk, "ordered": false };
+            let command = doc! { command: collection, list: chunk, "ordered": false, "writeConcern": write_concern() };
             async move {
                 if self.yields_to_views {
                     self.views_first.wait().await;
