@@ -13,10 +13,13 @@
 //!   [`kafka::dlq`], and [`kafka::topics`] creation.
 //! - [`sink`]: the MongoDB sink: view documents as BSON, idempotent batched upserts, the
 //!   batch design's indexes.
-//! - [`pipeline`]: the loop that wires source → engine → sink, with flush cadence,
-//!   backpressure and the last flush on shutdown; `pipeline::sink_lanes`: the two writers
-//!   (views every 200 ms, bulk facts and dimensions as fast as MongoDB takes them), each
-//!   retrying with backoff.
+//! - [`pipeline`]: the loop that wires source → engine → sink, with backpressure and the
+//!   last flush on shutdown; its worker's parts: ingest (decode, apply) in `pipeline`,
+//!   `worker_flush` (what each lane is handed and when, acknowledgements, snapshot
+//!   captures), `worker_dead_letters` (DLQ deliveries confirmed before a snapshot passes
+//!   them); `pipeline::sink_lanes`: the two writers (views every 200 ms, bulk facts and
+//!   dimensions as fast as MongoDB takes them, yielding to the views), each retrying with
+//!   backoff.
 //! - [`snapshot`]: the snapshot file format (versioned, checksummed) and the directory store;
 //!   [`checkpoint`]: when the pipeline takes one, and the restore at start.
 //! - [`reconcile`]: the nightly reconciliation against PostgreSQL (its queries and

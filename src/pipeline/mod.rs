@@ -21,6 +21,8 @@
 //! acknowledged, so nothing is lost when MongoDB was too slow to take the rest.
 
 pub mod sink_lanes;
+mod worker_dead_letters;
+mod worker_flush;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,10 +36,9 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::Checkpointer;
 use crate::domain::session::decode_session;
-use crate::domain::warehouse::Restate;
-use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection, ViewChanges};
+use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection};
 use crate::health::Health;
-use crate::kafka::dlq::{DeadLetters, SourcePosition, Undelivered};
+use crate::kafka::dlq::{DeadLetters, SourcePosition};
 use crate::kafka::source::{Source, TopicPartition};
 use crate::query::{self, Mirror};
 use crate::sink::mongo::MongoSink;
@@ -250,34 +251,6 @@ impl Worker {
         self
     }
 
-    /// Notes what MongoDB acknowledged: the converging flush, snapshots to persist.
-    async fn acknowledged(&mut self) {
-        self.lanes.refresh();
-        let acked = self.lanes.acked();
-        if let Convergence::Sent(seq) = self.convergence {
-            if acked.views >= seq {
-                self.convergence = Convergence::Done;
-                self.health.set_converged(true);
-                self.metrics.views_converged.set(1);
-                info!("views converged: MongoDB holds a complete flush of the state");
-            }
-        }
-        if let Some(checkpoints) = self.checkpoints.as_mut() {
-            checkpoints.poll(acked).await;
-        }
-    }
-
-    /// A snapshot capture at this flush boundary, if one is due.
-    async fn capture_if_due(&mut self) {
-        if !self.checkpoints.as_ref().is_some_and(|c| c.due(&self.positions)) {
-            return;
-        }
-        // No position past a dead letter the broker has not confirmed.
-        self.settle_dead_letters().await;
-        let checkpoints = self.checkpoints.as_mut().expect("checked above");
-        checkpoints.capture(&self.engine, &self.positions, self.lanes.sent());
-    }
-
     /// Too many facts wait for MongoDB: stop reading until the sink catches up.
     fn backlogged(&self) -> bool {
         self.engine.warehouse().pending_facts() >= self.cadence.max_pending_facts
@@ -357,132 +330,6 @@ impl Worker {
             }
         }
         self.positions.insert((topic, m.partition()), m.offset() + 1);
-    }
-
-    /// Hands a message to the DLQ producer (pipelined: the delivery is confirmed later, and
-    /// always before a snapshot records a position past it).
-    async fn dead_letter(
-        &mut self,
-        dlq_topic: &str,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        rejection: &Rejection,
-        from: &SourcePosition<'_>,
-    ) {
-        while let Err(e) = self.dlq.enqueue(dlq_topic, key, payload, rejection, from) {
-            warn!(error = %e, "dead-letter producer refused the message; waiting for outstanding deliveries");
-            self.settle_dead_letters().await;
-            tokio::time::sleep(self.cadence.backoff.initial).await;
-        }
-        if self.dlq.pending() >= MAX_PENDING_DEAD_LETTERS {
-            self.settle_dead_letters().await;
-        }
-        self.summary.dead_lettered += 1;
-        self.metrics.events_dlq.with_label_values(&[rejection.reason.as_str()]).inc();
-        info!(
-            reason = rejection.reason.as_str(),
-            detail = %rejection.detail,
-            partition = from.partition,
-            offset = from.offset,
-            "event dead-lettered"
-        );
-    }
-
-    /// Waits until the broker confirmed every dead letter handed to the producer, sending
-    /// any that failed for good again (with backoff) until it takes them.
-    async fn settle_dead_letters(&mut self) {
-        let mut delay = self.cadence.backoff.initial;
-        loop {
-            let failed = self.dlq.settle().await;
-            if failed.is_empty() {
-                return;
-            }
-            self.resend_dead_letters(&failed, delay).await;
-            delay = (delay * 2).min(self.cadence.backoff.max);
-        }
-    }
-
-    async fn resend_dead_letters(&mut self, failed: &[Undelivered], delay: Duration) {
-        for u in failed {
-            warn!(error = %u.error, retry_in_ms = delay.as_millis() as u64, "dead letter not delivered; sending it again");
-        }
-        tokio::time::sleep(delay).await;
-        for u in failed {
-            while let Err(e) = self.dlq.resend(u) {
-                warn!(error = %e, "dead-letter producer refused a resend; retrying");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-
-    /// Confirms finished deliveries without waiting; failed ones are sent again.
-    async fn reap_dead_letters(&mut self) {
-        let failed = self.dlq.reap();
-        if !failed.is_empty() {
-            self.resend_dead_letters(&failed, self.cadence.backoff.initial).await;
-        }
-    }
-
-    /// The view changes to hand to the views lane now, if any. None while a backlog is read
-    /// before converging: every view document is written by the complete flush that ends
-    /// the catch-up, so writing intermediate ones would only slow it down (the bulk lane
-    /// goes on writing facts and new keys meanwhile).
-    fn view_changes(&mut self, converge: bool) -> Option<ViewChanges> {
-        if matches!(self.convergence, Convergence::Pending { .. }) && !converge {
-            return None;
-        }
-        match self.cadence.as_of.at(&self.engine) {
-            Some(as_of) => {
-                self.summary.as_of = Some(as_of);
-                let changes = self.engine.flush_views(as_of, converge);
-                self.view_flushes.push_back((Instant::now(), self.engine.views_generation()));
-                Some(changes)
-            }
-            // No transaction applied under the event clock: the views are empty in the state,
-            // so converging only removes what MongoDB holds (there is no as_of to flush at).
-            None if converge => Some(ViewChanges { complete: true, ..ViewChanges::default() }),
-            None => None,
-        }
-    }
-
-    /// The bulk lane's next changes: with them, the dim_customer rows whose first change is
-    /// `dimension_interval_ms` old (each with its latest value), or every waiting row with
-    /// `force_restate`. Rows so become due as evenly as they changed, never in bursts.
-    fn bulk_changes(&mut self, force_restate: bool) -> ViewChanges {
-        if force_restate {
-            return self.engine.flush_bulk(Restate::All);
-        }
-        while let Some(&(built, generation)) = self.view_flushes.front() {
-            if built.elapsed() < self.cadence.dimension_every {
-                break;
-            }
-            self.restate_through = generation;
-            self.view_flushes.pop_front();
-        }
-        self.engine.flush_bulk(Restate::ChangedBy(self.restate_through))
-    }
-
-    /// Hands each lane that is free its changes (the views at most every flush interval),
-    /// then captures a snapshot at that boundary if one is due.
-    async fn try_flush(&mut self) {
-        let converge = self.convergence.due(&self.positions);
-        let every = if converge { Duration::ZERO } else { self.cadence.flush_every };
-        if self.lanes.views.ready(every) {
-            if let Some(changes) = self.view_changes(converge) {
-                self.mirror.apply(&changes);
-                self.lanes.views.send(changes);
-                if converge {
-                    let seq = self.lanes.sent().views;
-                    info!(batch = seq, "backlog read: converging the views (a complete flush; stale documents go)");
-                    self.convergence = Convergence::Sent(seq);
-                }
-            }
-        }
-        if self.lanes.bulk.ready(Duration::ZERO) {
-            let changes = self.bulk_changes(false);
-            self.lanes.bulk.send(changes);
-        }
-        self.capture_if_due().await;
     }
 
     fn update_gauges(&mut self) {
