@@ -264,9 +264,8 @@ validator and indexes created first, and bare with the indexes built afterwards:
 ## 3. Latency against rate
 
 For each rate, on an empty broker (`scripts/stack reset-kafka`), 100k customers and 2,000
-products: first a bare consumer follows the topic while `loadtest --live` produces
-{curve[0]["rate"] if curve else "?"}… events/s for the same duration (the broker's own delivery, latency = received −
-message timestamp); then, on a fresh topic and database, `martstream run --clock wall`
+products: first a bare consumer follows a topic while `loadtest --live` produces at that
+rate for {env.get("CURVE_S", "?")} s (the broker's own delivery, latency = received − message timestamp); then, on a fresh topic and database, `martstream run --clock wall`
 follows it while the same load is produced. The service's own histograms:
 `martstream_end_to_end_latency_seconds` (event → its analytic views acknowledged by
 MongoDB: the views lane) and `martstream_facts_latency_seconds` (event → its fact rows:
@@ -339,34 +338,40 @@ and the per-day query (the least any comparison pays), best of two warm runs.
 `{env.get("RECON_CUT", "")}`
 `{env.get("RECON_LOAD", "")}`
 
-## What the numbers show (from profiling; written by hand, not measured by this script)
+## What the numbers show (from profiling and the runs behind them; written by hand, not measured by this script)
 
-- **Replay is bounded by the MongoDB writes, not by the broker or the engine** (corrected:
-  an earlier version of this page blamed the broker). A 100k-event replay with progress
-  logs: every message was read and applied 3.7 s after start, and the run ended at 20 s;
-  the other 16 s went to writing its ~216k documents (163k of them `fact_sales`, with the
-  batch design's 5 secondary indexes and validator), mongod busy meanwhile. That is why one
-  flush at the end took as long as many. `replay` now prints both parts ("read in …, then …
-  for the last writes"). The noida-db broker (the Kafka-protocol server these machines run
-  instead of Apache Kafka) adds to it on 2 cores: it answers every fetch at once (it
-  ignores `fetch.wait.max.ms`), so it and librdkafka's broker thread spin even while the
-  consumer waits on MongoDB, taking CPU from mongod (`perf`: `rdk:broker1` 64% of
-  martstream's samples; noida at 100% of a core).
-- **Since this run** (commit after it; not yet in the table above): facts are inserted
-  instead of upserted (a fact never changes; a duplicate key means "already written") and
-  the collections of a flush are written concurrently, 4 batches in flight each. The same
-  100k-event replay on the same busy machine: 20–25 s before, 14 s after; its documents
-  are identical. The steady-state latency at 20k/s is the same bottleneck (the service
-  falls behind, and p99 is the backlog's age). Next steps: fewer fact documents per event
-  (one document per transaction with its lines embedded would break the batch design's
-  schema, so it would need a second collection), and the next `scripts/bench` run.
-- **Engine**: apply runs at 0.03× a hash-map count+sum and decode+apply at 0.3× a bare
-  serde_json parse. The profile's remaining costs: malloc/free (about 25%; a fact owns
-  three strings per line), attribute comparisons (memcmp), dedup horizon sweeps.
-- **Memory**: about 760 bytes of resident memory per customer against 80 in the snapshot:
-  the id as a boxed string in an index map, the customer record, three order-statistic
-  trees for the tie-aware quintiles, the dedup entries and the star schema's key maps. The
-  150-byte goal needs a denser layout (interned ids, one rank structure): not done.
+- **Two lanes.** The views (customer_rfm_analysis, product_performance, sales_trends) are
+  written by their own lane every 200 ms; facts and dimensions by the bulk lane. Before
+  them one flush carried everything and at 2,000 events/s the views were 9–16 s old at the
+  median, 23–25 s at p99 (issue 12's figures); now the median is a fraction of a second.
+- **What made the views' tail** at 2,000 events/s, found by sampling the metrics every 2 s
+  during a run: dim_customer rows restated all at once every 5 s (~14k rows per burst)
+  held mongod while a view flush waited. Spreading them (each row written
+  `dimension_interval_ms` after its first change) took views p99 from 2.3 s to 1.0 s;
+  with the 30 s default 0.95 s. Bulk batches also wait (≤ 250 ms) while a view flush is
+  being written: 2.3 s → 1.8 s on its own. The noida-db broker rewrites its whole data
+  file continuously, a core's worth once it holds a few million messages: every latency
+  figure here is taken on an empty broker (`scripts/stack reset-kafka`).
+- **Writes per event** are mostly what the views' definitions ask for: a quintile boundary
+  that moves rescores a whole tie group (all customers with two purchases, say), and a
+  product whose revenue moves shifts the rank of every product it passes in its category.
+  At low rates fewer events share a flush, so more writes per event. dim_customer follows
+  an RFM rewrite only when the segment or lifetime value changed.
+- **The sink limit is not like for like with the live path**: `bare_sink` inserts fresh
+  documents into a quiet mongod; the service mostly replaces documents that exist (views,
+  dimensions) while the broker, the load generator and the service share the same two
+  cores. Above about 4,000 events/s the bulk lane fills `max_pending_facts` and
+  consumption pauses (backpressure), so both latencies grow with the backlog's age.
+- **Replay** loads into an empty database first and builds the secondary indexes after,
+  as mongorestore does: 1M events in 68–71 s in the last two runs (311 s in the
+  previous published run), 15 s of it the index build.
+- **Engine**: apply runs at a few percent of a hash-map count+sum, decode+apply at about a
+  third of a bare serde_json parse. The profile's remaining costs: malloc/free (a fact
+  owns three strings per line), attribute comparisons (memcmp), dedup horizon sweeps.
+- **Memory**: about 800–900 bytes of resident memory per customer against 80 in the
+  snapshot: the id as a boxed string in an index map, the customer record, three
+  order-statistic trees for the tie-aware quintiles, the dedup entries and the star
+  schema's key maps. The 150-byte goal needs a denser layout (issue 15): not done.
 
 ## Commands
 
