@@ -430,6 +430,37 @@ async fn mongodb_refuses_a_wrong_password_and_writes_outside_the_warehouse() {
     }
 }
 
+/// MongoDB over TLS (the stack's mongod allows it, with its own CA): with the CA a replay
+/// writes its views; without it, one line saying the certificate is not trusted.
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_over_tls_with_the_stacks_ca_and_one_line_without_it() {
+    let ca = std::env::var("MARTSTREAM_TEST_MONGO_TLS_CA").expect("run under `eval \"$(scripts/stack env)\"`");
+    let s = Scenario::new("e2e_mongo_tls");
+    s.create_topics();
+    let messages: Vec<_> =
+        Generator::new(GenConfig { seed: 5, events: 300, customers: 50, ..GenConfig::default() }).collect();
+    s.produce(&messages).await;
+    let with_uri = |uri: String| {
+        let mut args = s.args();
+        let i = args.iter().position(|a| a == "--mongo-uri").unwrap();
+        args[i + 1] = uri;
+        args.extend(["--set".into(), "mongo.connect_timeout_ms=5000".into(), "replay".into()]);
+        args
+    };
+    let plain = common::mongo_uri();
+    let args = with_uri(format!("{plain}&tls=true&tlsCAFile={ca}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_martstream")).args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!s.collection("customer_rfm_analysis").await.is_empty(), "views written over TLS");
+
+    let args = with_uri(format!("{plain}&tls=true"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = fails(&args);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("TLS handshake failed") && stderr.contains("certificate"), "{stderr}");
+}
+
 /// The two sink lanes: while MongoDB refuses every fact (a validator no row meets), the views
 /// still follow the stream exactly and the facts wait, said by the metrics; once facts are
 /// taken again, every view, fact and dimension ends exact.

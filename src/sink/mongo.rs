@@ -123,6 +123,15 @@ impl ViewsFirst {
 fn first_line(e: &mongodb::error::Error) -> String {
     let text = e.to_string();
     if let mongodb::error::ErrorKind::ServerSelection { .. } = *e.kind {
+        if let Some(at) = text.find("certificate") {
+            // rustls' words, e.g. "invalid peer certificate: UnknownIssuer".
+            let from = text[..at].rfind(|c: char| matches!(c, ':' | '(' | '"' | ',')).map_or(0, |i| i + 1);
+            let cause: String =
+                text[from..].split(['"', ')', ',']).next().unwrap_or_default().trim().chars().take(120).collect();
+            return format!(
+                "TLS handshake failed ({cause}): is tlsCAFile the CA that signed the server's certificate?"
+            );
+        }
         for cause in ["Connection refused", "timed out", "Authentication failed", "replica set"] {
             if text.contains(cause) {
                 return format!("no server available: {}", cause.to_lowercase());
