@@ -125,7 +125,7 @@ fn first_line(e: &mongodb::error::Error) -> String {
     if let mongodb::error::ErrorKind::ServerSelection { .. } = *e.kind {
         if let Some(at) = text.find("certificate") {
             // rustls' words, e.g. "invalid peer certificate: UnknownIssuer".
-            let from = text[..at].rfind(|c: char| matches!(c, ':' | '(' | '"' | ',')).map_or(0, |i| i + 1);
+            let from = text[..at].rfind([':', '(', '"', ',']).map_or(0, |i| i + 1);
             let cause: String =
                 text[from..].split(['"', ')', ',']).next().unwrap_or_default().trim().chars().take(120).collect();
             return format!(
