@@ -219,7 +219,7 @@ impl Engine {
     /// warehouse for [`Engine::flush_bulk`], coalesced.
     pub fn flush_views(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
         self.views_generation += 1;
-        let rfm = self.rfm.flush_marked(as_of, full);
+        let rfm = self.rfm.flush(as_of, full);
         let products = self.products.flush(as_of, full);
         let trends = self.trends.flush(as_of, full);
         for d in rfm.iter().filter(|(_, dim_changed)| *dim_changed).map(|(d, _)| d) {

@@ -373,15 +373,10 @@ impl RfmState {
     }
 
     /// The documents that changed since the last flush, as of `as_of`; with `full`, every
-    /// document. Afterwards nothing is dirty.
-    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<RfmDoc> {
-        self.flush_marked(as_of, full).into_iter().map(|(doc, _)| doc).collect()
-    }
-
-    /// [`RfmState::flush`], each document paired with whether the customer's dim_customer
-    /// row (segment, lifetime value) changes with it: a customer whose scores moved only
-    /// because the boundaries did, within the same segment, keeps its row.
-    pub fn flush_marked(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, bool)> {
+    /// document. Afterwards nothing is dirty. Each is paired with whether the customer's
+    /// dim_customer row (segment, lifetime value) changes with it: a customer whose scores
+    /// moved only because the boundaries did, within the same segment, keeps its row.
+    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, bool)> {
         let as_of_day = i64::from(epoch_day(as_of.date_naive()));
         let dirty = std::mem::take(&mut self.dirty);
         self.sync_ranks(&dirty);

@@ -245,10 +245,8 @@ impl Warehouse {
         }
     }
 
-    /// Notes a customer's current dim_customer row (after a view flush changed its RFM
-    /// figures); an earlier one not yet taken is replaced.
-    /// A dim_customer row changed by view flush `generation`: kept (its latest value) until
-    /// a bulk flush takes it.
+    /// Notes a customer's current dim_customer row, changed by view flush `generation`; an
+    /// earlier one not yet taken is replaced (and keeps its place in the queue).
     pub fn restate_customer(&mut self, row: DimCustomer, generation: u64) {
         let key = row.customer_key;
         if self.restated_customers.insert(key, row).is_none() {
