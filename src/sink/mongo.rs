@@ -75,6 +75,24 @@ fn write_concern() -> Document {
     doc! { "w": "majority", "j": true }
 }
 
+/// A write command's reply: any write error (with `duplicates_ok`, except an insert's
+/// duplicate key: the document is already there) or a write-concern error is a failure.
+fn reply_ok(reply: &Document, duplicates_ok: bool) -> Result<(), String> {
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        let already_there =
+            |e: &Bson| duplicates_ok && e.as_document().and_then(|d| d.get_i32("code").ok()) == Some(11000);
+        let failed: Vec<&Bson> = errors.iter().filter(|e| !already_there(e)).collect();
+        if let Some(first) = failed.first() {
+            let first = first.as_document().and_then(|d| d.get_str("errmsg").ok()).unwrap_or("?");
+            return Err(format!("{} statements failed, first: {first}", failed.len()));
+        }
+    }
+    if let Ok(wc) = reply.get_document("writeConcernError") {
+        return Err(format!("write concern: {}", wc.get_str("errmsg").unwrap_or("?")));
+    }
+    Ok(())
+}
+
 /// The longest a bulk batch waits for a view flush to finish before it is sent anyway, so
 /// that facts keep moving while the views lane is busy.
 const MAX_YIELD: Duration = Duration::from_millis(250);
@@ -382,10 +400,7 @@ impl MongoSink {
             )
             .await
             .map_err(fail)?;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            let first = errors.first().and_then(Bson::as_document).and_then(|d| d.get_str("errmsg").ok());
-            return Err(SinkError::Write { collection: collection.into(), reason: first.unwrap_or("?").to_owned() });
-        }
+        reply_ok(&reply, false).map_err(|reason| SinkError::Write { collection: collection.into(), reason })?;
         Ok(reply.get_i32("n").map(|n| n as u64).or_else(|_| reply.get_i64("n").map(|n| n as u64)).unwrap_or(0))
     }
 
@@ -484,20 +499,7 @@ impl MongoSink {
                     self.views_first.wait().await;
                 }
                 let reply = self.db.run_command(command).await.map_err(|e| fail(first_line(&e)))?;
-                if let Ok(errors) = reply.get_array("writeErrors") {
-                    let already_there = |e: &Bson| {
-                        list == "documents" && e.as_document().and_then(|d| d.get_i32("code").ok()) == Some(11000)
-                    };
-                    let failed: Vec<&Bson> = errors.iter().filter(|e| !already_there(e)).collect();
-                    if let Some(first) = failed.first() {
-                        let first = first.as_document().and_then(|d| d.get_str("errmsg").ok()).unwrap_or("?");
-                        return Err(fail(format!("{} statements failed, first: {first}", failed.len())));
-                    }
-                }
-                if let Ok(wc) = reply.get_document("writeConcernError") {
-                    return Err(fail(format!("write concern: {}", wc.get_str("errmsg").unwrap_or("?"))));
-                }
-                Ok(())
+                reply_ok(&reply, list == "documents").map_err(fail)
             }
         };
         futures::stream::iter(statements.chunks(self.batch_size).map(batch))
