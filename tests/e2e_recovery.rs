@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{eventually, free_port, manifest_dir, recompute, Scenario};
+use common::{eventually, free_port, recompute, stack_dir, Scenario};
 use loadtest::{GenConfig, Generator};
 
 /// A running `martstream run`, killed when dropped.
@@ -378,7 +378,7 @@ fn private_mongod(data: &Path, port: u16, extra: &[&str]) -> Server {
         "0.25".into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    Server { program: manifest_dir().join(".stack/bin/mongodb/fiftyone/db/bin/mongod"), args, port, child: None }
+    Server { program: stack_dir().join("bin/mongodb/fiftyone/db/bin/mongod"), args, port, child: None }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -442,7 +442,7 @@ async fn sigterm_while_mongodb_is_slow_exits_0_within_the_timeout_and_loses_noth
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_and_broker_restarts_are_ridden_out() {
     let data = tempfile::tempdir().unwrap();
-    let stack = manifest_dir().join(".stack/bin");
+    let stack = stack_dir().join("bin");
     let (kafka_port, mongo_port, port) = (free_port(), free_port(), free_port());
     std::fs::create_dir_all(data.path().join("kafka")).unwrap();
     let mut kafka = Server {

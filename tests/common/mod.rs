@@ -251,6 +251,12 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where scripts/stack installed the servers: `MARTSTREAM_STACK_DIR`, as the script reads
+/// it, or `.stack` in the checkout.
+pub fn stack_dir() -> PathBuf {
+    std::env::var_os("MARTSTREAM_STACK_DIR").map_or_else(|| manifest_dir().join(".stack"), PathBuf::from)
+}
+
 /// A spawned `martstream run`, killed when dropped.
 pub struct Service(pub Child);
 
