@@ -13,6 +13,11 @@ pub fn date_of(day: i32) -> NaiveDate {
     NaiveDate::default() + Duration::days(i64::from(day))
 }
 
+/// The instant (midnight UTC) that starts a day number.
+pub fn day_start(day: i32) -> DateTime<Utc> {
+    date_of(day).and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+}
+
 /// The Monday of the ISO week of a day, as a day number.
 pub fn week_start(day: i32) -> i32 {
     day - date_of(day).weekday().num_days_from_monday() as i32

@@ -109,12 +109,27 @@ fn take_latest(slot: &mut Stamped, stamp: (DateTime<Utc>, u64), value: &Option<S
     }
 }
 
+/// A product's figures on one date: what its lines of that date add to the view.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Bucket {
-    units: i64,
-    revenue: Cents,
-    orders: i64,
-    purchase_lines: i64,
+pub struct ProductDay {
+    /// Σ purchase quantity − Σ refund quantity.
+    pub units: i64,
+    /// Σ purchase line amounts − Σ refund line amounts, cents.
+    pub revenue: Cents,
+    /// Purchases containing the product.
+    pub orders: i64,
+    /// Purchase lines (a date with one counts in `days_sold`).
+    pub purchase_lines: i64,
+}
+
+/// A product's attributes as the operational database holds them (for a product a repair
+/// brings in that no event named).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProductAttributes {
+    pub name: Option<String>,
+    pub category: Option<String>,
+    pub subcategory: Option<String>,
+    pub brand: Option<String>,
 }
 
 /// What the state holds for one product.
@@ -124,7 +139,7 @@ pub struct Product {
     pub category: Stamped,
     pub subcategory: Stamped,
     pub brand: Stamped,
-    days: BTreeMap<i32, Bucket>,
+    days: BTreeMap<i32, ProductDay>,
     dirty: bool,
     /// In the view as of the last flush: (category, revenue, rank).
     shown: Option<(String, Cents, i64)>,
@@ -185,6 +200,70 @@ impl ProductState {
     /// but no bucket.
     pub fn late_lines(&self) -> u64 {
         self.late_lines
+    }
+
+    /// The first date the window holds buckets from (`None` before the first flush).
+    pub fn first_day(&self) -> Option<i32> {
+        self.floor
+    }
+
+    /// Every product's buckets of the dates in `days`.
+    pub fn days_in(&self, days: std::ops::Range<i32>) -> impl Iterator<Item = (&str, i32, ProductDay)> + '_ {
+        let range = days.clone();
+        self.products.iter().flat_map(move |(id, p)| p.days.range(range.clone()).map(move |(d, b)| (&**id, *d, *b)))
+    }
+
+    /// Sets a product's figures of one date outright (a reconciliation repair; a zero bucket
+    /// means no line that date). A product no event named yet takes `attributes`, stamped
+    /// as older than any event of that date. Returns the old bucket, or `None` when the date
+    /// is older than the window or the bucket is already equal.
+    pub fn set_day(
+        &mut self,
+        id: &str,
+        day: i32,
+        figures: ProductDay,
+        attributes: &ProductAttributes,
+    ) -> Option<ProductDay> {
+        if self.floor.is_some_and(|f| day < f) {
+            return None;
+        }
+        if figures == ProductDay::default() && self.products.get(id).is_none() {
+            return None;
+        }
+        let idx = self.ensure(id, attributes, day);
+        let p = &mut self.products[idx];
+        let old = p.days.get(&day).copied().unwrap_or_default();
+        if old == figures {
+            return None;
+        }
+        if figures == ProductDay::default() {
+            p.days.remove(&day);
+        } else {
+            p.days.insert(day, figures);
+        }
+        if !p.dirty {
+            p.dirty = true;
+            self.dirty.push(idx as u32);
+        }
+        Some(old)
+    }
+
+    /// The index of product `id`, added with `attributes` when no event named it (stamped
+    /// as older than any event of date `day`, so the next event's attributes win).
+    pub fn ensure(&mut self, id: &str, attributes: &ProductAttributes, day: i32) -> usize {
+        if let Some(idx) = self.products.get_index_of(id) {
+            return idx;
+        }
+        let stamp = (super::calendar::day_start(day), 0);
+        let stamped = |v: &Option<String>| v.clone().map(|v| (stamp, v));
+        let p = Product {
+            name: stamped(&attributes.name),
+            category: stamped(&attributes.category),
+            subcategory: stamped(&attributes.subcategory),
+            brand: stamped(&attributes.brand),
+            ..Product::default()
+        };
+        self.products.insert_full(id.into(), p).0
     }
 
     /// Applies an event's lines; returns the products whose attributes (name, category,
@@ -345,7 +424,7 @@ fn summarize(
     as_of: DateTime<Utc>,
 ) -> Option<ProductDoc> {
     let mut any = false;
-    let mut total = Bucket::default();
+    let mut total = ProductDay::default();
     let mut days_sold = 0;
     for (_, b) in p.days.range(first..=last) {
         any = true;

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::calendar::epoch_day;
 use super::money::Cents;
-use super::trends::Bucket;
+use super::product::{ProductAttributes, ProductDay};
+use super::trends::{period_date, Bucket, Granularity, Period};
 use super::{EventKind, FastMap, FastSet};
 
 /// How many dates before the newest event's date the open events cover: a cut may be at most
@@ -201,6 +202,16 @@ pub struct Cut {
     /// Closed days compared: `first_day..cutoff`, each with its bucket (absent: no events).
     pub first_day: i32,
     pub days: BTreeMap<i32, Bucket>,
+    /// Weekly and monthly periods compared, from the first one the state keeps to the one
+    /// holding the day before `first_day`: each period's part dated before `first_day`
+    /// (the days from there on are compared one by one, and a day's repair moves its week
+    /// and month). A granularity is absent when the state could not cut it (see
+    /// [`super::trends::TrendState::periods_before`]).
+    pub periods: Vec<(Granularity, Period, BTreeMap<Period, Bucket>)>,
+    /// product_performance buckets compared: the dates `product_first_day..cutoff`, per
+    /// (product, date) with lines.
+    pub product_first_day: i32,
+    pub product_days: FastMap<(Box<str>, i32), ProductDay>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -225,16 +236,34 @@ pub enum MismatchKind {
     DayCount,
     /// Same counts, different money.
     DayRevenue,
+    /// A weekly or monthly period's count differs (its part older than the days compared).
+    PeriodCount,
+    /// Same counts, different money.
+    PeriodRevenue,
+    /// A product's units, revenue, orders or lines of one date in the window differ.
+    ProductDay,
+    /// A purchase or refund line the database holds has no fact.
+    FactMissingInStream,
+    /// A fact whose line the database does not hold.
+    FactMissingInPostgres,
+    /// A fact whose figures differ from the database's line.
+    FactDiffers,
 }
 
 impl MismatchKind {
-    pub const ALL: [MismatchKind; 6] = [
+    pub const ALL: [MismatchKind; 12] = [
         MismatchKind::CustomerMissingInStream,
         MismatchKind::CustomerMissingInPostgres,
         MismatchKind::CustomerAmount,
         MismatchKind::CustomerPurchaseTime,
         MismatchKind::DayCount,
         MismatchKind::DayRevenue,
+        MismatchKind::PeriodCount,
+        MismatchKind::PeriodRevenue,
+        MismatchKind::ProductDay,
+        MismatchKind::FactMissingInStream,
+        MismatchKind::FactMissingInPostgres,
+        MismatchKind::FactDiffers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -245,6 +274,12 @@ impl MismatchKind {
             MismatchKind::CustomerPurchaseTime => "customer_purchase_time",
             MismatchKind::DayCount => "day_count",
             MismatchKind::DayRevenue => "day_revenue",
+            MismatchKind::PeriodCount => "period_count",
+            MismatchKind::PeriodRevenue => "period_revenue",
+            MismatchKind::ProductDay => "product_day",
+            MismatchKind::FactMissingInStream => "fact_missing_in_stream",
+            MismatchKind::FactMissingInPostgres => "fact_missing_in_postgres",
+            MismatchKind::FactDiffers => "fact_differs",
         }
     }
 }
@@ -289,6 +324,9 @@ pub struct Tally {
     /// Customers the database had rows of (counted by the caller that streams them).
     pub customers_in_postgres: u64,
     pub days_checked: u64,
+    pub periods_checked: u64,
+    pub product_days_checked: u64,
+    pub facts_checked: u64,
     pub counts: BTreeMap<MismatchKind, u64>,
     /// Σ over customers of the database's purchases the state lacks, and the reverse.
     pub purchases_missing_in_stream: i64,
@@ -296,9 +334,81 @@ pub struct Tally {
     /// The first `sample_limit` mismatches.
     pub samples: Vec<Mismatch>,
     pub sample_limit: usize,
-    /// The database's figures for every mismatched customer and day (what a repair sets).
-    pub customer_fixes: Vec<(String, CustomerFigures)>,
-    pub day_fixes: Vec<(i32, Bucket)>,
+    /// What a repair sets: the database's figures of every mismatch.
+    pub fixes: Fixes,
+}
+
+/// What a repair changes in the state (the database wins), one entry per mismatch.
+#[derive(Debug, Clone, Default)]
+pub struct Fixes {
+    /// Each customer's figures before the cut.
+    pub customers: Vec<(String, CustomerFigures)>,
+    /// Each closed day's bucket.
+    pub days: Vec<(i32, Bucket)>,
+    /// Each weekly or monthly period's part dated before `first_day`, the first day
+    /// compared (set by [`Tally::days_of`]).
+    pub periods: Vec<(Granularity, Period, Bucket)>,
+    pub first_day: Option<i32>,
+    /// Each product's bucket of one date (zero: no line), with its attributes in the
+    /// database (for a product no event named).
+    pub product_days: Vec<(String, i32, ProductDay, ProductAttributes)>,
+    /// Facts to add or replace (the database's line) and to remove.
+    pub facts: Vec<FactFix>,
+}
+
+impl Fixes {
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+            && self.days.is_empty()
+            && self.periods.is_empty()
+            && self.product_days.is_empty()
+            && self.facts.is_empty()
+    }
+}
+
+/// One line of a purchase or refund: as the database holds it, or as a fact holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactLine {
+    pub kind: EventKind,
+    /// `<transaction_id>:<line index>`.
+    pub sale_id: String,
+    pub transaction_id: String,
+    pub customer_id: String,
+    pub product_id: String,
+    /// Milliseconds since the epoch (a fact's precision).
+    pub at_ms: i64,
+    pub quantity: i64,
+    pub unit_price_cents: Cents,
+    pub discount_cents: Cents,
+    pub payment_method: Option<String>,
+}
+
+impl FactLine {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind.as_str(),
+            "transaction_id": self.transaction_id,
+            "customer_id": self.customer_id,
+            "product_id": self.product_id,
+            "timestamp": instant_json(Some(self.at_ms * 1000)),
+            "quantity": self.quantity,
+            "unit_price": super::money::to_units(self.unit_price_cents),
+            "discount_amount": super::money::to_units(self.discount_cents),
+            "payment_method": self.payment_method,
+        })
+    }
+}
+
+/// A fact a repair adds, replaces or removes.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a repair's few fixes, short-lived: not worth a box each
+pub enum FactFix {
+    /// Write this line as a fact (in the table of its kind), after removing the fact of the
+    /// same sale_id from the table `replaces` names. `location_key` is the replaced fact's
+    /// (the database does not record where a sale happened; 0 for a new one).
+    Put { line: FactLine, location_key: i32, replaces: Option<EventKind>, attributes: ProductAttributes },
+    /// Remove the fact `sale_id` from the table of `kind`.
+    Remove { kind: EventKind, sale_id: String },
 }
 
 impl Tally {
@@ -328,7 +438,7 @@ impl Tally {
         self.purchases_missing_in_stream += diff.max(0);
         self.purchases_missing_in_postgres += (-diff).max(0);
         self.count(kind, id.to_owned(), customer_json(&s), customer_json(&d));
-        self.customer_fixes.push((id.to_owned(), d));
+        self.fixes.customers.push((id.to_owned(), d));
     }
 
     /// Compares one closed day; an absent side counts as no events.
@@ -340,7 +450,117 @@ impl Tally {
         };
         let date = super::calendar::date_of(day).to_string();
         self.count(kind, date, day_json(&s), day_json(&d));
-        self.day_fixes.push((day, d));
+        self.fixes.days.push((day, d));
+    }
+
+    /// Compares the part of a weekly or monthly period dated before the days compared.
+    pub fn period(&mut self, g: Granularity, p: Period, stream: Option<&Bucket>, db: Option<&Bucket>) {
+        let (s, d) = (stream.copied().unwrap_or_default(), db.copied().unwrap_or_default());
+        self.periods_checked += 1;
+        let Some(kind) = classify_day(&s, &d) else {
+            return;
+        };
+        let kind = if kind == MismatchKind::DayCount { MismatchKind::PeriodCount } else { MismatchKind::PeriodRevenue };
+        self.count(kind, period_key(g, p), day_json(&s), day_json(&d));
+        self.fixes.periods.push((g, p, d));
+    }
+
+    /// Compares the closed days of a cut with the database's.
+    pub fn days_of(&mut self, cut: &Cut, db: &BTreeMap<i32, Bucket>) {
+        self.fixes.first_day = Some(cut.first_day);
+        for day in cut.first_day..epoch_day(cut.cutoff) {
+            self.day(day, cut.days.get(&day), db.get(&day));
+        }
+    }
+
+    /// Compares a cut's periods of one granularity with the database's (same keys).
+    pub fn periods_of(&mut self, g: Granularity, stream: &BTreeMap<Period, Bucket>, db: &BTreeMap<Period, Bucket>) {
+        let periods: std::collections::BTreeSet<Period> = stream.keys().chain(db.keys()).copied().collect();
+        for p in periods {
+            self.period(g, p, stream.get(&p), db.get(&p));
+        }
+    }
+
+    /// Compares a cut's product buckets (taken out of it) with the database's.
+    pub fn product_days_of(
+        &mut self,
+        stream: &mut FastMap<(Box<str>, i32), ProductDay>,
+        mut db: BTreeMap<(String, i32), (ProductDay, ProductAttributes)>,
+    ) {
+        let mut stream: Vec<_> = stream.drain().collect();
+        stream.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for ((id, day), figures) in stream {
+            let theirs = db.remove(&(id.to_string(), day));
+            self.product_day(&id, day, Some(&figures), theirs.as_ref());
+        }
+        for ((id, day), theirs) in db {
+            self.product_day(&id, day, None, Some(&theirs));
+        }
+    }
+
+    /// Compares a product's bucket of one date in the window.
+    pub fn product_day(
+        &mut self,
+        id: &str,
+        day: i32,
+        stream: Option<&ProductDay>,
+        db: Option<&(ProductDay, ProductAttributes)>,
+    ) {
+        let s = stream.copied().unwrap_or_default();
+        let (d, attributes) = db.cloned().unwrap_or_default();
+        self.product_days_checked += 1;
+        if s == d {
+            return;
+        }
+        let key = format!("{id}@{}", super::calendar::date_of(day));
+        self.count(MismatchKind::ProductDay, key, product_day_json(&s), product_day_json(&d));
+        self.fixes.product_days.push((id.to_owned(), day, d, attributes));
+    }
+
+    /// Compares the facts of some customers with the database's lines of the same customers
+    /// (both dated before the cut), by `sale_id`: `stored` with the location key each has.
+    pub fn facts(&mut self, db: Vec<(FactLine, ProductAttributes)>, stored: Vec<(FactLine, i32)>) {
+        let mut stored: FastMap<String, (FactLine, i32)> =
+            stored.into_iter().map(|(f, location)| (f.sale_id.clone(), (f, location))).collect();
+        for (line, attributes) in db {
+            self.facts_checked += 1;
+            match stored.remove(&line.sale_id) {
+                Some((fact, _)) if fact == line => {}
+                Some((fact, location_key)) => {
+                    self.count(MismatchKind::FactDiffers, line.sale_id.clone(), fact.json(), line.json());
+                    let replaces = Some(fact.kind);
+                    self.fixes.facts.push(FactFix::Put { line, location_key, replaces, attributes });
+                }
+                None => {
+                    let key = line.sale_id.clone();
+                    self.count(MismatchKind::FactMissingInStream, key, serde_json::Value::Null, line.json());
+                    self.fixes.facts.push(FactFix::Put { line, location_key: 0, replaces: None, attributes });
+                }
+            }
+        }
+        let mut extra: Vec<FactLine> = stored.into_values().map(|(f, _)| f).collect();
+        extra.sort_by(|a, b| a.sale_id.cmp(&b.sale_id));
+        for fact in extra {
+            self.facts_checked += 1;
+            self.count(MismatchKind::FactMissingInPostgres, fact.sale_id.clone(), fact.json(), serde_json::Value::Null);
+            self.fixes.facts.push(FactFix::Remove { kind: fact.kind, sale_id: fact.sale_id });
+        }
+    }
+
+    /// The customers whose figures differ (with those of `also`, deduplicated): the ones
+    /// whose facts are compared.
+    pub fn mismatched_customers(&self, also: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut ids: Vec<String> = self.fixes.customers.iter().map(|(id, _)| id.clone()).chain(also).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The (product, day) buckets that differ: a line changed there, perhaps without any
+    /// customer's figures changing, so the customers with lines there have their facts
+    /// compared too.
+    pub fn mismatched_product_days(&self) -> Vec<(String, i32)> {
+        self.fixes.product_days.iter().map(|(id, day, _, _)| (id.clone(), *day)).collect()
     }
 }
 
@@ -358,6 +578,20 @@ pub fn customer_json(f: &CustomerFigures) -> serde_json::Value {
     })
 }
 
+/// `weekly:2026-08-31`, as `sales_trends` names the document.
+pub fn period_key(g: Granularity, p: Period) -> String {
+    format!("{}:{}", g.as_str(), period_date(g, p))
+}
+
+pub fn product_day_json(d: &ProductDay) -> serde_json::Value {
+    serde_json::json!({
+        "units_sold": d.units,
+        "total_revenue": super::money::to_units(d.revenue),
+        "order_count": d.orders,
+        "purchase_lines": d.purchase_lines,
+    })
+}
+
 pub fn day_json(b: &Bucket) -> serde_json::Value {
     serde_json::json!({
         "transaction_count": b.purchases,
@@ -370,7 +604,7 @@ pub fn day_json(b: &Bucket) -> serde_json::Value {
 /// One change a repair made, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RepairChange {
-    /// `customer` or `day`.
+    /// `customer`, `day`, `period`, `product_day` or `fact`.
     pub scope: &'static str,
     pub key: String,
     pub before: serde_json::Value,

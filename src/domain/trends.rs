@@ -167,7 +167,7 @@ pub struct TrendChanges {
 }
 
 /// A period's key: a day number for days and weeks (the Monday), a month index for months.
-type Period = i32;
+pub type Period = i32;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Series {
@@ -258,10 +258,7 @@ impl TrendState {
                 continue;
             }
             let b = s.buckets.entry(period).or_default();
-            b.purchases += bucket.purchases - old.purchases;
-            b.purchase_cents += bucket.purchase_cents - old.purchase_cents;
-            b.refunds += bucket.refunds - old.refunds;
-            b.refund_cents += bucket.refund_cents - old.refund_cents;
+            *b = plus(*b, minus(bucket, old));
             if *b == Bucket::default() {
                 s.buckets.remove(&period);
             }
@@ -271,6 +268,64 @@ impl TrendState {
             }
         }
         Some(old)
+    }
+
+    /// The weekly or monthly buckets of the periods that start before `day`, each without
+    /// its days from `day` on: what the state says of the events dated before `day`, per
+    /// period (a reconciliation compares the days from there on one by one). The first
+    /// period is the granularity's oldest kept one. `None` before the first flush, or when
+    /// the daily series does not reach back to `day` (the later days could not be taken out).
+    pub fn periods_before(&self, g: Granularity, day: i32) -> Option<(Period, BTreeMap<Period, Bucket>)> {
+        let first = self.series[g as usize].floor?;
+        let daily = &self.series[Granularity::Daily as usize];
+        if daily.floor.is_none_or(|f| f > day) {
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        for (&p, &b) in self.series[g as usize].buckets.range(first..) {
+            if period_start_day(g, p) >= day {
+                break;
+            }
+            let before = minus(b, self.days_from(g, p, day));
+            if before != Bucket::default() {
+                out.insert(p, before);
+            }
+        }
+        Some((first, out))
+    }
+
+    /// Σ of the daily buckets of period `p` dated on or after `day`.
+    fn days_from(&self, g: Granularity, p: Period, day: i32) -> Bucket {
+        let from = period_start_day(g, p).max(day);
+        let to = period_start_day(g, p + if g == Granularity::Weekly { 7 } else { 1 });
+        if from >= to {
+            return Bucket::default();
+        }
+        let daily = &self.series[Granularity::Daily as usize].buckets;
+        daily.range(from..to).fold(Bucket::default(), |acc, (_, b)| plus(acc, *b))
+    }
+
+    /// Sets the part of a weekly or monthly period dated before `day` outright (a
+    /// reconciliation repair); its days from `day` on keep counting as the daily series has
+    /// them. Returns the old part, or `None` when the period is not kept or already equal.
+    pub fn set_period_before(&mut self, g: Granularity, p: Period, day: i32, before: Bucket) -> Option<Bucket> {
+        let after = self.days_from(g, p, day);
+        let s = &mut self.series[g as usize];
+        if g == Granularity::Daily || s.floor.is_none_or(|f| p < f) {
+            return None;
+        }
+        let now = s.buckets.get(&p).copied().unwrap_or_default();
+        let wanted = plus(before, after);
+        if now == wanted {
+            return None;
+        }
+        if wanted == Bucket::default() {
+            s.buckets.remove(&p);
+        } else {
+            s.buckets.insert(p, wanted);
+        }
+        s.dirty.insert(p);
+        Some(minus(now, after))
     }
 
     /// Counts a browsing session on the day it started (shown on that day's document).
@@ -345,6 +400,32 @@ pub fn period_of(g: Granularity, day: i32) -> Period {
         Granularity::Daily => day,
         Granularity::Weekly => week_start(day),
         Granularity::Monthly => month_index(date_of(day)),
+    }
+}
+
+/// The day number a period starts on.
+pub fn period_start_day(g: Granularity, p: Period) -> i32 {
+    match g {
+        Granularity::Daily | Granularity::Weekly => p,
+        Granularity::Monthly => epoch_day(month_start(p)),
+    }
+}
+
+fn plus(a: Bucket, b: Bucket) -> Bucket {
+    Bucket {
+        purchases: a.purchases + b.purchases,
+        purchase_cents: a.purchase_cents + b.purchase_cents,
+        refunds: a.refunds + b.refunds,
+        refund_cents: a.refund_cents + b.refund_cents,
+    }
+}
+
+fn minus(a: Bucket, b: Bucket) -> Bucket {
+    Bucket {
+        purchases: a.purchases - b.purchases,
+        purchase_cents: a.purchase_cents - b.purchase_cents,
+        refunds: a.refunds - b.refunds,
+        refund_cents: a.refund_cents - b.refund_cents,
     }
 }
 

@@ -135,6 +135,9 @@ pub struct Warehouse {
     pub locations: KeyRegistry<LocationKey>,
     dates: super::FastSet<i32>,
     pending_facts: Vec<Fact>,
+    /// Facts a reconciliation repair removes (table, sale_id), written before
+    /// `pending_facts`.
+    pending_removals: Vec<(EventKind, String)>,
     pending_sessions: Vec<super::session::SessionFact>,
     changed_products: BTreeMap<i32, String>,
     new_customers: Vec<(i32, String)>,
@@ -169,7 +172,7 @@ pub enum Restate {
 impl Warehouse {
     /// Facts waiting for the next flush.
     pub fn pending_facts(&self) -> usize {
-        self.pending_facts.len() + self.pending_sessions.len()
+        self.pending_facts.len() + self.pending_sessions.len() + self.pending_removals.len()
     }
 
     /// A browsing session becomes a `fact_customer_sessions` row.
@@ -245,6 +248,50 @@ impl Warehouse {
         }
     }
 
+    /// A repair's fact: the database's line, written as a fact with this state's keys (new
+    /// ones for a customer or product no event named); `replaces`, the table of the fact of
+    /// the same sale_id it replaces, which is removed first.
+    pub fn put_fact(&mut self, line: &super::reconcile::FactLine, location_key: i32, replaces: Option<EventKind>) {
+        if let Some(kind) = replaces {
+            self.remove_fact(kind, &line.sale_id);
+        }
+        let (customer_key, new) = self.customers.key(line.customer_id.as_str());
+        if new {
+            self.new_customers.push((customer_key, line.customer_id.clone()));
+        }
+        let (product_key, new) = self.products.key(line.product_id.as_str());
+        if new {
+            self.changed_products.insert(product_key, line.product_id.clone());
+        }
+        let timestamp = DateTime::from_timestamp_millis(line.at_ms).unwrap_or_default();
+        let date = timestamp.date_naive();
+        if self.dates.insert(epoch_day(date)) {
+            self.new_dates.push(date);
+        }
+        self.pending_facts.push(Fact {
+            kind: line.kind,
+            sale_id: line.sale_id.clone(),
+            transaction_id: line.transaction_id.clone(),
+            timestamp,
+            date_key: date_key(date),
+            time_key: time_key(timestamp),
+            product_key,
+            customer_key,
+            location_key,
+            quantity: line.quantity,
+            unit_price_cents: line.unit_price_cents,
+            discount_cents: line.discount_cents,
+            total_cents: line.quantity * line.unit_price_cents - line.discount_cents,
+            payment_method: line.payment_method.clone(),
+        });
+    }
+
+    /// A repair removes the fact `sale_id` from the table of `kind`.
+    pub fn remove_fact(&mut self, kind: EventKind, sale_id: &str) {
+        self.pending_facts.retain(|f| !(f.kind == kind && f.sale_id == sale_id));
+        self.pending_removals.push((kind, sale_id.to_owned()));
+    }
+
     /// Notes a customer's current dim_customer row, changed by view flush `generation`; an
     /// earlier one not yet taken is replaced (and keeps its place in the queue).
     pub fn restate_customer(&mut self, row: DimCustomer, generation: u64) {
@@ -288,6 +335,11 @@ impl Warehouse {
     /// dim_customer rows waiting for the bulk lane.
     pub fn restated_customers(&self) -> usize {
         self.restated_customers.len()
+    }
+
+    /// The facts a repair removes since the last flush (written before the new facts).
+    pub fn take_removals(&mut self) -> Vec<(EventKind, String)> {
+        std::mem::take(&mut self.pending_removals)
     }
 
     /// The facts and the new or changed dimension members since the last flush.

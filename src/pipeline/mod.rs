@@ -206,6 +206,8 @@ pub struct Worker {
     mirror: Mirror,
     /// When the segment gauges were last recounted (a scan of every customer).
     segments_counted: Option<Instant>,
+    /// Reconciliations waiting for the bulk lane to acknowledge a batch (its seq).
+    facts_written_waiters: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
 }
 
 impl Worker {
@@ -233,6 +235,7 @@ impl Worker {
             restate_through: 0,
             mirror: Mirror::default(),
             segments_counted: None,
+            facts_written_waiters: Vec::new(),
         }
     }
 
@@ -380,9 +383,14 @@ impl Worker {
                 };
                 let _ = reply.send(cut);
             }
-            Control::Repair { cutoff, customers, days, reply } => {
-                let changes = self.engine.repair(cutoff, &customers, &days).map_err(|e| e.to_string());
+            Control::Repair { cutoff, fixes, reply } => {
+                let changes = self.engine.repair(cutoff, &fixes).map_err(|e| e.to_string());
                 let _ = reply.send(changes);
+            }
+            Control::FactsWritten { reply } => {
+                // The facts waiting in the state go with the next bulk batch.
+                let waiting = u64::from(self.engine.warehouse().pending_facts() > 0);
+                self.facts_written_waiters.push((self.lanes.sent().bulk + waiting, reply));
             }
         }
     }

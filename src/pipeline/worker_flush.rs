@@ -24,6 +24,14 @@ impl Worker {
                 info!("views converged: MongoDB holds a complete flush of the state");
             }
         }
+        if !self.facts_written_waiters.is_empty() {
+            let (done, waiting) =
+                std::mem::take(&mut self.facts_written_waiters).into_iter().partition(|(seq, _)| acked.bulk >= *seq);
+            self.facts_written_waiters = waiting;
+            for (_, reply) in done {
+                let _ = reply.send(());
+            }
+        }
         if let Some(checkpoints) = self.checkpoints.as_mut() {
             checkpoints.poll(acked).await;
         }

@@ -2,10 +2,14 @@
 //!
 //! A run: ask the pipeline's worker for the state's figures at the cut (see
 //! [`crate::domain::reconcile`]; the worker keeps consuming afterwards), stream PostgreSQL's
-//! per-customer figures over the same cut and compare them one by one, compare the closed
-//! days, and, with `repair`, hand the database's figures of every mismatch to the worker
-//! (PostgreSQL wins; the next flush rewrites the views). Every run, failed or not, leaves a
-//! document in `reconciliation_reports`, gauges and a log line.
+//! per-customer figures over the same cut and compare them one by one, then compare the
+//! closed days, the weekly and monthly periods (their part before the cut, of any age the
+//! views keep), each product's day buckets in the product window, and the facts of every
+//! customer whose figures differ, line by line (`transaction_items` against `fact_sales` and
+//! `fact_returns`, once the worker says every fact it had is written). With `repair`, the
+//! database's figures of every mismatch go to the worker (PostgreSQL wins; the next flushes
+//! rewrite the views and add, replace or remove the facts). Every run, failed or not, leaves
+//! a document in `reconciliation_reports`, gauges and a log line.
 //!
 //! - [`postgres`]: the database's queries and the schema's migrations.
 //! - [`schedule`]: daily at `reconcile.at` in `reconcile.time_zone`, retried after a failure.
@@ -24,9 +28,9 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::{info, warn};
 
 use crate::config::ReconcileConfig;
-use crate::domain::calendar::{date_of, epoch_day};
-use crate::domain::reconcile::{Cut, MismatchKind, RepairChange, Tally};
-use crate::domain::trends::Bucket;
+use crate::domain::calendar::{date_key, date_of, epoch_day, month_index};
+use crate::domain::reconcile::{Cut, Fixes, MismatchKind, RepairChange, Tally};
+use crate::domain::trends::{period_start_day, Granularity};
 use crate::health::Health;
 use crate::telemetry::Metrics;
 use postgres::Postgres;
@@ -38,13 +42,13 @@ pub enum Control {
     /// The state's figures at `cutoff` (default: the date of newest event − `settle`).
     Cut { cutoff: Option<NaiveDate>, settle: chrono::Duration, days: u32, reply: oneshot::Sender<Result<Cut, String>> },
     /// Set these figures at `cutoff` (the database wins).
-    Repair {
-        cutoff: NaiveDate,
-        customers: Vec<(String, crate::domain::reconcile::CustomerFigures)>,
-        days: Vec<(i32, Bucket)>,
-        reply: oneshot::Sender<Result<Vec<RepairChange>, String>>,
-    },
+    Repair { cutoff: NaiveDate, fixes: Box<Fixes>, reply: oneshot::Sender<Result<Vec<RepairChange>, String>> },
+    /// Answer once MongoDB acknowledged every fact the state had when asked.
+    FactsWritten { reply: oneshot::Sender<()> },
 }
+
+/// How long a run waits for the facts the state holds to be written before comparing them.
+const FACTS_WRITTEN_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn channel() -> (mpsc::Sender<Control>, mpsc::Receiver<Control>) {
     mpsc::channel(4)
@@ -86,6 +90,10 @@ pub struct Report {
     pub customers_in_stream: u64,
     pub customers_in_postgres: u64,
     pub days_checked: u64,
+    /// Weekly and monthly periods, product day buckets and fact lines compared.
+    pub periods_checked: u64,
+    pub product_days_checked: u64,
+    pub facts_checked: u64,
     /// Every kind, zeros included.
     pub mismatches: std::collections::BTreeMap<&'static str, u64>,
     pub mismatches_total: u64,
@@ -114,17 +122,28 @@ pub async fn compare_cut(pg: &Postgres, cut: &mut Cut, samples: usize) -> Result
     for (id, stream) in cut.customers.drain() {
         tally.customer(&id, Some(&stream), None);
     }
-    let db_days: std::collections::BTreeMap<i32, Bucket> =
-        pg.days(cut.first_day, cutoff_day).await?.into_iter().collect();
-    for day in cut.first_day..cutoff_day {
-        tally.day(day, cut.days.get(&day), db_days.get(&day));
+    let db_days = pg.days(cut.first_day, cutoff_day).await?.into_iter().collect();
+    tally.days_of(cut, &db_days);
+    for (g, first, stream) in &cut.periods {
+        let key = |day: i32| if *g == Granularity::Monthly { month_index(date_of(day)) } else { day };
+        let from = period_start_day(*g, *first);
+        let db = pg.periods(*g, from, cut.first_day).await?.into_iter().map(|(day, b)| (key(day), b)).collect();
+        tally.periods_of(*g, stream, &db);
     }
+    let db_products = pg
+        .product_days(cut.product_first_day, cutoff_day)
+        .await?
+        .into_iter()
+        .map(|(id, day, figures, attributes)| ((id, day), (figures, attributes)))
+        .collect();
+    tally.product_days_of(&mut cut.product_days, db_products);
     Ok(tally)
 }
 
 /// Runs reconciliations, one at a time.
 pub struct Reconciler {
     pg: Postgres,
+    db: mongodb::Database,
     reports: mongodb::Collection<Document>,
     control: mpsc::Sender<Control>,
     metrics: Metrics,
@@ -150,7 +169,16 @@ impl Reconciler {
         for kind in MismatchKind::ALL {
             metrics.reconciliation_mismatches.with_label_values(&[kind.as_str()]).set(0);
         }
-        Reconciler { pg, reports: db.collection(REPORTS), control, metrics, health, config, running: Mutex::new(()) }
+        Reconciler {
+            pg,
+            db: db.clone(),
+            reports: db.collection(REPORTS),
+            control,
+            metrics,
+            health,
+            config,
+            running: Mutex::new(()),
+        }
     }
 
     pub fn config(&self) -> &ReconcileConfig {
@@ -178,6 +206,9 @@ impl Reconciler {
             customers_in_stream: 0,
             customers_in_postgres: 0,
             days_checked: 0,
+            periods_checked: 0,
+            product_days_checked: 0,
+            facts_checked: 0,
             mismatches: MismatchKind::ALL.iter().map(|k| (k.as_str(), 0)).collect(),
             mismatches_total: 0,
             purchases_missing_in_stream: 0,
@@ -213,9 +244,13 @@ impl Reconciler {
         report.customers_in_stream = cut.customers.len() as u64;
 
         let mut tally = compare_cut(&self.pg, &mut cut, self.config.samples).await.map_err(|e| e.to_string())?;
+        self.compare_facts(&mut tally, cut.cutoff).await?;
         report.customers_in_postgres = tally.customers_in_postgres;
         report.customers_checked = tally.customers_checked;
         report.days_checked = tally.days_checked;
+        report.periods_checked = tally.periods_checked;
+        report.product_days_checked = tally.product_days_checked;
+        report.facts_checked = tally.facts_checked;
         for (kind, n) in &tally.counts {
             report.mismatches.insert(kind.as_str(), *n);
         }
@@ -227,12 +262,8 @@ impl Reconciler {
 
         if req.repair && report.mismatches_total > 0 {
             let (tx, rx) = oneshot::channel();
-            let ask = Control::Repair {
-                cutoff: cut.cutoff,
-                customers: std::mem::take(&mut tally.customer_fixes),
-                days: std::mem::take(&mut tally.day_fixes),
-                reply: tx,
-            };
+            let ask =
+                Control::Repair { cutoff: cut.cutoff, fixes: Box::new(std::mem::take(&mut tally.fixes)), reply: tx };
             self.control.send(ask).await.map_err(|_| "the pipeline is stopping".to_owned())?;
             let mut changes = rx.await.map_err(|_| "the pipeline is stopping".to_owned())??;
             report.changes_total = changes.len() as u64;
@@ -240,6 +271,40 @@ impl Reconciler {
             report.changes = changes;
             report.outcome = "repaired";
         }
+        Ok(())
+    }
+
+    /// The facts of the customers whose figures differ, and of those with lines on a product
+    /// day that differs, against the database's lines, once
+    /// every fact the state holds is written (a fact still on its way would look missing).
+    async fn compare_facts(&self, tally: &mut Tally, cutoff: NaiveDate) -> Result<(), String> {
+        let product_days = tally.mismatched_product_days();
+        if tally.fixes.customers.is_empty() && product_days.is_empty() {
+            return Ok(());
+        }
+        let stopping = || "the pipeline is stopping".to_owned();
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::FactsWritten { reply: tx }).await.map_err(|_| stopping())?;
+        match tokio::time::timeout(FACTS_WRITTEN_TIMEOUT, rx).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(stopping()),
+            Err(_) => {
+                return Err(format!(
+                    "the facts were not all written within {} s (is MongoDB slow or down?): cannot compare them",
+                    FACTS_WRITTEN_TIMEOUT.as_secs()
+                ))
+            }
+        }
+        let mut lines = self.pg.customers_with_lines(&product_days).await.map_err(|e| e.to_string())?;
+        let facts = crate::sink::mongo::customers_with_facts(&self.db, &product_days).await;
+        lines.extend(facts.map_err(|e| e.to_string())?);
+        let customers = tally.mismatched_customers(lines);
+        let cutoff_day = epoch_day(cutoff);
+        let db = self.pg.fact_lines(&customers, cutoff_day).await.map_err(|e| e.to_string())?;
+        let stored = crate::sink::mongo::stored_facts(&self.db, &customers, date_key(cutoff))
+            .await
+            .map_err(|e| e.to_string())?;
+        tally.facts(db, stored);
         Ok(())
     }
 
@@ -259,6 +324,9 @@ impl Reconciler {
                 cutoff = %report.cutoff.map(|d| d.to_string()).unwrap_or_default(),
                 customers = report.customers_checked,
                 days = report.days_checked,
+                periods = report.periods_checked,
+                product_days = report.product_days_checked,
+                facts = report.facts_checked,
                 mismatches = report.mismatches_total,
                 missing_in_stream = report.purchases_missing_in_stream,
                 missing_in_postgres = report.purchases_missing_in_postgres,

@@ -23,6 +23,7 @@ use super::documents::{
     FACT_RETURNS, FACT_SALES, INDEXES, PRODUCT_PERFORMANCE, SALES_TRENDS,
 };
 use crate::config::{redact_uri, MongoConfig};
+use crate::domain::reconcile::FactLine;
 use crate::domain::warehouse::Warehouse;
 use crate::domain::ViewChanges;
 use crate::domain::{EventKind, Location};
@@ -321,6 +322,16 @@ impl MongoSink {
     /// resolve); the collections of each step concurrently.
     pub async fn write_bulk(&self, changes: &ViewChanges) -> Result<WriteStats, SinkError> {
         let mut per_collection = self.write_dims(changes).await?;
+        if !changes.fact_removals.is_empty() {
+            // A repair's removals first: a fact it replaces is inserted again below.
+            for (kind, table) in [(EventKind::Purchase, FACT_SALES), (EventKind::Refund, FACT_RETURNS)] {
+                let ids: Vec<String> =
+                    changes.fact_removals.iter().filter(|(k, _)| *k == kind).map(|(_, id)| id.clone()).collect();
+                if !ids.is_empty() {
+                    per_collection.push((table, self.delete(table, &ids).await?));
+                }
+            }
+        }
         per_collection.extend(self.write_facts(changes).await?);
         Ok(WriteStats { per_collection, ..WriteStats::default() })
     }
@@ -508,4 +519,122 @@ impl MongoSink {
             .await?;
         Ok(statements.len())
     }
+}
+
+/// The facts (both tables) of `customers` dated before `before_date_key`, as lines, each
+/// with its location key: what a reconciliation compares with the database's lines.
+pub async fn stored_facts(
+    db: &Database,
+    customers: &[String],
+    before_date_key: i32,
+) -> Result<Vec<(FactLine, i32)>, SinkError> {
+    let fail = |collection: &'static str| {
+        move |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) }
+    };
+    let mut ids: std::collections::HashMap<i32, String> = std::collections::HashMap::new();
+    for chunk in customers.chunks(10_000) {
+        let filter = doc! { "customer_id": { "$in": chunk } };
+        let mut rows = db.collection::<Document>(DIM_CUSTOMER).find(filter).await.map_err(fail(DIM_CUSTOMER))?;
+        while let Some(d) = rows.try_next().await.map_err(fail(DIM_CUSTOMER))? {
+            if let (Ok(id), Ok(key)) = (d.get_str("customer_id"), d.get_i32("customer_key")) {
+                ids.insert(key, id.to_owned());
+            }
+        }
+    }
+    let keys: Vec<i32> = ids.keys().copied().collect();
+    let mut facts = Vec::new();
+    for (kind, table) in [(EventKind::Purchase, FACT_SALES), (EventKind::Refund, FACT_RETURNS)] {
+        for chunk in keys.chunks(10_000) {
+            let filter = doc! { "customer_key": { "$in": chunk }, "date_key": { "$lt": before_date_key } };
+            let mut rows = db.collection::<Document>(table).find(filter).await.map_err(fail(table))?;
+            while let Some(d) = rows.try_next().await.map_err(fail(table))? {
+                facts.push((kind, d));
+            }
+        }
+    }
+    let mut products: std::collections::HashMap<i32, String> = std::collections::HashMap::new();
+    let wanted: Vec<i32> = facts
+        .iter()
+        .filter_map(|(_, d)| d.get_i32("product_key").ok())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in wanted.chunks(10_000) {
+        let filter = doc! { "product_key": { "$in": chunk } };
+        let mut rows = db.collection::<Document>(DIM_PRODUCT).find(filter).await.map_err(fail(DIM_PRODUCT))?;
+        while let Some(d) = rows.try_next().await.map_err(fail(DIM_PRODUCT))? {
+            if let (Ok(id), Ok(key)) = (d.get_str("product_id"), d.get_i32("product_key")) {
+                products.insert(key, id.to_owned());
+            }
+        }
+    }
+    let cents = |d: &Document, k: &str| d.get_f64(k).map_or(0, |x| (x * 100.0).round() as i64);
+    let text = |d: &Document, k: &str| d.get_str(k).map(str::to_owned).unwrap_or_default();
+    Ok(facts
+        .into_iter()
+        .map(|(kind, d)| {
+            let key = |k: &str| d.get_i32(k).unwrap_or(0);
+            let line = FactLine {
+                kind,
+                sale_id: text(&d, "sale_id"),
+                transaction_id: text(&d, "transaction_id"),
+                customer_id: ids.get(&key("customer_key")).cloned().unwrap_or_default(),
+                product_id: products.get(&key("product_key")).cloned().unwrap_or_default(),
+                at_ms: d.get_datetime("timestamp").map_or(0, |t| t.timestamp_millis()),
+                quantity: d.get_i32("quantity").map_or(0, i64::from),
+                unit_price_cents: cents(&d, "unit_price"),
+                discount_cents: cents(&d, "discount_amount"),
+                payment_method: d.get_str("payment_method").ok().map(str::to_owned),
+            };
+            (line, key("location_key"))
+        })
+        .collect())
+}
+
+/// The customers with a fact (either table) of one of these products on that day number.
+pub async fn customers_with_facts(db: &Database, product_days: &[(String, i32)]) -> Result<Vec<String>, SinkError> {
+    let fail = |collection: &'static str| {
+        move |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) }
+    };
+    if product_days.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = product_days.iter().map(|(id, _)| id.as_str()).collect();
+    let mut keys: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+    let mut rows = db
+        .collection::<Document>(DIM_PRODUCT)
+        .find(doc! { "product_id": { "$in": ids } })
+        .await
+        .map_err(fail(DIM_PRODUCT))?;
+    while let Some(d) = rows.try_next().await.map_err(fail(DIM_PRODUCT))? {
+        if let (Ok(id), Ok(key)) = (d.get_str("product_id"), d.get_i32("product_key")) {
+            keys.insert(id.to_owned(), key);
+        }
+    }
+    let wanted: Vec<Document> = product_days
+        .iter()
+        .filter_map(|(id, day)| {
+            let date = crate::domain::calendar::date_key(crate::domain::calendar::date_of(*day));
+            keys.get(id).map(|key| doc! { "product_key": key, "date_key": date })
+        })
+        .collect();
+    let mut customer_keys = std::collections::BTreeSet::new();
+    for table in [FACT_SALES, FACT_RETURNS] {
+        for chunk in wanted.chunks(1_000) {
+            let mut rows = db.collection::<Document>(table).find(doc! { "$or": chunk }).await.map_err(fail(table))?;
+            while let Some(d) = rows.try_next().await.map_err(fail(table))? {
+                customer_keys.extend(d.get_i32("customer_key").ok());
+            }
+        }
+    }
+    let customer_keys: Vec<i32> = customer_keys.into_iter().collect();
+    let mut customers = Vec::new();
+    for chunk in customer_keys.chunks(10_000) {
+        let filter = doc! { "customer_key": { "$in": chunk } };
+        let mut rows = db.collection::<Document>(DIM_CUSTOMER).find(filter).await.map_err(fail(DIM_CUSTOMER))?;
+        while let Some(d) = rows.try_next().await.map_err(fail(DIM_CUSTOMER))? {
+            customers.extend(d.get_str("customer_id").ok().map(str::to_owned));
+        }
+    }
+    Ok(customers)
 }

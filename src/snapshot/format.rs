@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::domain::{Engine, ViewConfig};
 
 pub const MAGIC: &[u8; 8] = b"MARTSNAP";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
