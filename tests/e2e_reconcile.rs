@@ -1,7 +1,8 @@
 //! The reconciliation against real PostgreSQL, Kafka and MongoDB: the load generator writes
 //! the same transactions to Kafka and PostgreSQL with injected drift of every kind; the
-//! report counts exactly what was injected; `--repair` makes the views equal a recompute
-//! from PostgreSQL; without drift it finds nothing; a PostgreSQL it cannot reach is a failed
+//! report counts exactly what was injected; `--repair` makes every view and fact equal a
+//! recompute from PostgreSQL (weeks and months older than the daily series included);
+//! without drift it finds nothing; a PostgreSQL it cannot reach is a failed
 //! run, recorded, while the service keeps running.
 
 mod common;
@@ -127,6 +128,9 @@ fn scenario(prefix: &str, port: u16, pg: &str) -> Scenario {
     s
 }
 
+/// `views.trends.daily_days` of the drift test.
+const DAILY_DAYS: i64 = 10;
+
 fn messages(seed: u64) -> (Vec<Message>, DateTime<Utc>) {
     let start: DateTime<Utc> = "2026-09-01T00:00:00Z".parse().unwrap();
     let cfg = GenConfig { seed, events: 6000, customers: 700, days: 20, start, ..GenConfig::default() };
@@ -134,7 +138,7 @@ fn messages(seed: u64) -> (Vec<Message>, DateTime<Utc>) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn injected_drift_is_counted_exactly_and_repair_makes_the_views_equal_postgres() {
+async fn injected_drift_is_counted_exactly_and_repair_makes_every_view_and_fact_equal_postgres() {
     let port = free_port();
     let mut s = scenario("e2e_recon", port, "");
     let (pg, reader) = fresh_pg(&s).await;
@@ -149,6 +153,9 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_the_views_equal_post
     };
     let (kafka, injected) = split(&all, &drift, &pg).await;
     assert_eq!((injected.missing_in_kafka.len(), injected.missing_in_postgres.len(), injected.amount.len()), (5, 4, 3));
+    // Daily documents for 10 dates: the drift (the first days) is older than the daily
+    // series, so only the weekly and monthly documents hold it.
+    s.extra.extend(["--set".into(), format!("views.trends.daily_days={DAILY_DAYS}")]);
     s.produce(&kafka).await;
     let r = start_service(&s, port, kafka.len()).await;
 
@@ -166,7 +173,11 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_the_views_equal_post
         (report["purchases_missing_in_stream"].as_i64(), report["purchases_missing_in_postgres"].as_i64()),
         (Some(5), Some(4))
     );
-    assert!(m["day_count"].as_u64().unwrap() + m["day_revenue"].as_u64().unwrap() >= 1, "{report:#}");
+    assert!(m["period_count"].as_u64().unwrap() >= 2, "a week and a month: {report:#}");
+    // The lost purchases' lines, and the lines of purchases PostgreSQL lacks.
+    assert!(m["fact_missing_in_stream"].as_u64().unwrap() >= 5, "{report:#}");
+    assert!(m["fact_missing_in_postgres"].as_u64().unwrap() >= 4, "{report:#}");
+    assert!(m["product_day"].as_u64().unwrap() >= 1, "{report:#}");
     let (_, text) = get(&format!("{}/metrics", r.base)).await.unwrap();
     assert_eq!(metric(&text, r#"martstream_reconciliation_mismatches{kind="customer_amount"}"#), Some(3.0));
     let reports = s.collection("reconciliation_reports").await;
@@ -181,18 +192,45 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_the_views_equal_post
     assert_eq!(repaired["changes_total"], repaired["mismatches_total"]);
     let truth = pg_events(&pg).await;
     let as_of = recompute::event_clock(&recompute::applied(&kafka));
-    let (rfm, trends) = (recompute::rfm(&truth, as_of, false), recompute::trends(&truth, as_of));
+    let (rfm, trends) = (recompute::rfm(&truth, as_of, false), recompute::trends_with(&truth, as_of, DAILY_DAYS));
+    // The same transactions with their lines: the stream's events PostgreSQL holds (with its
+    // amounts), and those only PostgreSQL holds (it does not record where a sale happened).
+    let mut lines: Vec<Value> = recompute::applied(&kafka)
+        .into_iter()
+        .filter(|e| !injected.missing_in_postgres.contains(e["transaction_id"].as_str().unwrap()))
+        .collect();
+    for e in &mut lines {
+        if injected.amount.contains(e["transaction_id"].as_str().unwrap()) {
+            let cents = recompute::cents(&e["total_amount"]) + 1_00;
+            e["total_amount"] = json!(cents as f64 / 100.0);
+        }
+    }
+    lines.extend(recompute::applied(&all).into_iter().filter_map(|mut e| {
+        injected.missing_in_kafka.contains(e["transaction_id"].as_str().unwrap()).then(|| {
+            e.as_object_mut().unwrap().remove("location");
+            e
+        })
+    }));
+    assert_eq!(lines.len(), truth.len(), "the transactions with lines are PostgreSQL's");
+    let products = recompute::products(&lines, as_of);
+    let db = common::mongo().await.database(&s.database);
     let last_error = std::sync::Mutex::new(String::new());
     let equal = eventually(Duration::from_secs(30), || async {
         let (docs, trend_docs) = (s.collection("customer_rfm_analysis").await, s.collection("sales_trends").await);
-        let result = recompute::rfm_diff(&docs, &rfm, None).and_then(|_| recompute::trends_diff(&trend_docs, &trends));
+        let product_docs = s.collection("product_performance").await;
+        let mut result = recompute::rfm_diff(&docs, &rfm, None)
+            .and_then(|_| recompute::trends_diff(&trend_docs, &trends))
+            .and_then(|_| recompute::products_diff(&product_docs, &products, None));
+        if result.is_ok() {
+            result = recompute::check_star_schema(&db, &lines).await;
+        }
         if let Err(e) = &result {
             *last_error.lock().unwrap() = e.clone();
         }
         result.is_ok()
     })
     .await;
-    assert!(equal, "views differ from the recompute from PostgreSQL: {}", last_error.lock().unwrap());
+    assert!(equal, "views or facts differ from the recompute from PostgreSQL: {}", last_error.lock().unwrap());
     let (_, again) = reconcile(&s, &r, &["--cutoff", &cutoff]);
     assert_eq!((again["outcome"].as_str(), again["mismatches_total"].as_u64()), (Some("ok"), Some(0)), "{again:#}");
 }

@@ -366,6 +366,11 @@ pub type ExpectedTrend = ((i64, i64, i64, i64), Option<(i64, i64, Option<i64>)>)
 
 /// `sales_trends` per SPEC §5 (90 days, 12 ISO weeks, 12 months), keyed by `type:date`.
 pub fn trends(events: &[Value], as_of: DateTime<Utc>) -> BTreeMap<String, ExpectedTrend> {
+    trends_with(events, as_of, 90)
+}
+
+/// `sales_trends` with `daily_days` dates of daily documents (`views.trends.daily_days`).
+pub fn trends_with(events: &[Value], as_of: DateTime<Utc>, daily_days: i64) -> BTreeMap<String, ExpectedTrend> {
     use chrono::Datelike;
     let mut buckets: BTreeMap<(&str, NaiveDate), (i64, i64, i64, i64)> = BTreeMap::new();
     for e in events {
@@ -394,7 +399,7 @@ pub fn trends(events: &[Value], as_of: DateTime<Utc>) -> BTreeMap<String, Expect
     let mut out = BTreeMap::new();
     for (&(kind, d), &b) in &buckets {
         let retained = match kind {
-            "daily" => d <= today && d > today - chrono::Duration::days(90),
+            "daily" => d <= today && d > today - chrono::Duration::days(daily_days),
             "weekly" => d <= monday && d > monday - chrono::Duration::weeks(12),
             _ => d <= month && d >= months_back(11),
         };
