@@ -149,10 +149,12 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_every_view_and_fact_
         missing_in_kafka: 5,
         missing_in_postgres: 4,
         amount: 3,
+        lines: 2,
         before: Some(start + chrono::Duration::days(10)),
     };
     let (kafka, injected) = split(&all, &drift, &pg).await;
-    assert_eq!((injected.missing_in_kafka.len(), injected.missing_in_postgres.len(), injected.amount.len()), (5, 4, 3));
+    let counts = |i: &Injected| (i.missing_in_kafka.len(), i.missing_in_postgres.len(), i.amount.len(), i.lines.len());
+    assert_eq!(counts(&injected), (5, 4, 3, 2));
     // Daily documents for 10 dates: the drift (the first days) is older than the daily
     // series, so only the weekly and monthly documents hold it.
     s.extra.extend(["--set".into(), format!("views.trends.daily_days={DAILY_DAYS}")]);
@@ -178,6 +180,9 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_every_view_and_fact_
     assert!(m["fact_missing_in_stream"].as_u64().unwrap() >= 5, "{report:#}");
     assert!(m["fact_missing_in_postgres"].as_u64().unwrap() >= 4, "{report:#}");
     assert!(m["product_day"].as_u64().unwrap() >= 1, "{report:#}");
+    // The lines with one unit more: their customers' figures agree, their product days
+    // and facts do not.
+    assert_eq!(m["fact_differs"], 2, "{report:#}");
     let (_, text) = get(&format!("{}/metrics", r.base)).await.unwrap();
     assert_eq!(metric(&text, r#"martstream_reconciliation_mismatches{kind="customer_amount"}"#), Some(3.0));
     let reports = s.collection("reconciliation_reports").await;
@@ -200,9 +205,13 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_every_view_and_fact_
         .filter(|e| !injected.missing_in_postgres.contains(e["transaction_id"].as_str().unwrap()))
         .collect();
     for e in &mut lines {
-        if injected.amount.contains(e["transaction_id"].as_str().unwrap()) {
+        let id = e["transaction_id"].as_str().unwrap().to_owned();
+        if injected.amount.contains(&id) {
             let cents = recompute::cents(&e["total_amount"]) + 1_00;
             e["total_amount"] = json!(cents as f64 / 100.0);
+        }
+        if injected.lines.contains(&id) {
+            e["items"][0]["quantity"] = json!(e["items"][0]["quantity"].as_i64().unwrap() + 1);
         }
     }
     lines.extend(recompute::applied(&all).into_iter().filter_map(|mut e| {

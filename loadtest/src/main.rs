@@ -75,6 +75,10 @@ struct Args {
     /// Drift: this many purchases carry 1.00 more in PostgreSQL.
     #[arg(long, default_value_t = 0, requires = "postgres")]
     drift_amount: usize,
+    /// Drift: this many purchases have one unit more on their first line in PostgreSQL
+    /// (same amount).
+    #[arg(long, default_value_t = 0, requires = "postgres")]
+    drift_lines: usize,
     /// Drift only among purchases dated before this instant.
     #[arg(long, value_name = "RFC3339")]
     drift_before: Option<DateTime<Utc>>,
@@ -88,6 +92,7 @@ fn drift(args: &Args) -> loadtest::postgres::Drift {
         missing_in_kafka: args.drift_missing_kafka,
         missing_in_postgres: args.drift_missing_postgres,
         amount: args.drift_amount,
+        lines: args.drift_lines,
         before: args.drift_before,
     }
 }

@@ -882,7 +882,7 @@ mod tests {
             })
             .filter(|(line, _)| differ.contains(&line.customer_id))
             .collect();
-        tally.facts(db_lines, stored);
+        let _ = tally.facts(db_lines, stored);
         let changes = engine.repair(cutoff, &tally.fixes).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(changes.len() as u64, tally.mismatches(), "one change per mismatch");
         views.apply(engine.flush(as_of, false));

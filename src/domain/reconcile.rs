@@ -336,6 +336,8 @@ pub struct Tally {
     pub sample_limit: usize,
     /// What a repair sets: the database's figures of every mismatch.
     pub fixes: Fixes,
+    /// Where in `fixes.facts` each sale_id's put is.
+    put_at: FastMap<String, usize>,
 }
 
 /// What a repair changes in the state (the database wins), one entry per mismatch.
@@ -519,7 +521,20 @@ impl Tally {
 
     /// Compares the facts of some customers with the database's lines of the same customers
     /// (both dated before the cut), by `sale_id`: `stored` with the location key each has.
-    pub fn facts(&mut self, db: Vec<(FactLine, ProductAttributes)>, stored: Vec<(FactLine, i32)>) {
+    ///
+    /// Returns the (product, day) buckets of the lines that differ: there the product
+    /// figures may have hidden other differences (a lost line and an extra one alike), so
+    /// the caller compares the facts of every customer with a line there too.
+    pub fn facts(
+        &mut self,
+        db: Vec<(FactLine, ProductAttributes)>,
+        stored: Vec<(FactLine, i32)>,
+    ) -> Vec<(String, i32)> {
+        let mut touched = Vec::new();
+        let mut touch = |line: &FactLine| {
+            let day = DateTime::from_timestamp_millis(line.at_ms).map_or(0, |t| epoch_day(t.date_naive()));
+            touched.push((line.product_id.clone(), day));
+        };
         let mut stored: FastMap<String, (FactLine, i32)> =
             stored.into_iter().map(|(f, location)| (f.sale_id.clone(), (f, location))).collect();
         for (line, attributes) in db {
@@ -527,13 +542,18 @@ impl Tally {
             match stored.remove(&line.sale_id) {
                 Some((fact, _)) if fact == line => {}
                 Some((fact, location_key)) => {
+                    touch(&fact);
+                    touch(&line);
                     self.count(MismatchKind::FactDiffers, line.sale_id.clone(), fact.json(), line.json());
                     let replaces = Some(fact.kind);
+                    self.put_at.insert(line.sale_id.clone(), self.fixes.facts.len());
                     self.fixes.facts.push(FactFix::Put { line, location_key, replaces, attributes });
                 }
                 None => {
+                    touch(&line);
                     let key = line.sale_id.clone();
                     self.count(MismatchKind::FactMissingInStream, key, serde_json::Value::Null, line.json());
+                    self.put_at.insert(line.sale_id.clone(), self.fixes.facts.len());
                     self.fixes.facts.push(FactFix::Put { line, location_key: 0, replaces: None, attributes });
                 }
             }
@@ -541,10 +561,22 @@ impl Tally {
         let mut extra: Vec<FactLine> = stored.into_values().map(|(f, _)| f).collect();
         extra.sort_by(|a, b| a.sale_id.cmp(&b.sale_id));
         for fact in extra {
+            touch(&fact);
+            // The database's line was put by an earlier call, under another customer: it
+            // replaces this fact (a later removal would undo the put).
+            if let Some(FactFix::Put { replaces, .. }) =
+                self.put_at.get(&fact.sale_id).and_then(|&i| self.fixes.facts.get_mut(i))
+            {
+                *replaces = Some(fact.kind);
+                continue;
+            }
             self.facts_checked += 1;
             self.count(MismatchKind::FactMissingInPostgres, fact.sale_id.clone(), fact.json(), serde_json::Value::Null);
             self.fixes.facts.push(FactFix::Remove { kind: fact.kind, sale_id: fact.sale_id });
         }
+        touched.sort_unstable();
+        touched.dedup();
+        touched
     }
 
     /// The customers whose figures differ (with those of `also`, deduplicated): the ones
@@ -638,6 +670,49 @@ mod tests {
         // A late purchase before the horizon moves the kept "last before".
         o.record(0, at(2, 9), EventKind::Purchase, 100, Some(at(10, 9)));
         assert_eq!(o.last_before_horizon(0), Some(Some(at(2, 9).timestamp_micros())));
+    }
+
+    fn line(sale: &str, customer: &str, quantity: i64) -> FactLine {
+        FactLine {
+            kind: EventKind::Purchase,
+            sale_id: sale.into(),
+            transaction_id: sale.split(':').next().unwrap().into(),
+            customer_id: customer.into(),
+            product_id: "p".into(),
+            at_ms: at(2, 9).timestamp_millis(),
+            quantity,
+            unit_price_cents: 100,
+            discount_cents: 0,
+            payment_method: None,
+        }
+    }
+
+    #[test]
+    fn facts_are_put_replaced_and_removed_once_each() {
+        let mut t = Tally::new(10);
+        let none = ProductAttributes::default;
+        let day = epoch_day(at(2, 0).date_naive());
+        // a: the database has one unit more; b: only the database; c: only the stream.
+        let db = vec![(line("a:0", "x", 2), none()), (line("b:0", "x", 1), none())];
+        let stored = vec![(line("a:0", "x", 1), 7), (line("c:0", "x", 1), 8)];
+        assert_eq!(t.facts(db, stored), vec![("p".to_owned(), day)]);
+        let kinds = [MismatchKind::FactDiffers, MismatchKind::FactMissingInStream, MismatchKind::FactMissingInPostgres];
+        assert!(kinds.iter().all(|k| t.counts[k] == 1), "{:?}", t.counts);
+        assert!(matches!(&t.fixes.facts[0], FactFix::Put { location_key: 7, replaces: Some(_), .. }));
+        // d moved customers: put under y first, found in the stream under z later. The put
+        // replaces it instead of a removal undoing the put.
+        t.facts(vec![(line("d:0", "y", 1), none())], vec![]);
+        t.facts(vec![], vec![(line("d:0", "z", 1), 3)]);
+        let d: Vec<&FactFix> = t
+            .fixes
+            .facts
+            .iter()
+            .filter(|f| {
+                matches!(f, FactFix::Put { line, .. } if line.sale_id == "d:0")
+                    || matches!(f, FactFix::Remove { sale_id, .. } if sale_id == "d:0")
+            })
+            .collect();
+        assert!(matches!(d.as_slice(), [FactFix::Put { replaces: Some(EventKind::Purchase), .. }]), "{d:?}");
     }
 
     #[test]

@@ -274,11 +274,15 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The facts of the customers whose figures differ, and of those with lines on a product
-    /// day that differs, against the database's lines, once
-    /// every fact the state holds is written (a fact still on its way would look missing).
+    /// The facts of the customers whose figures differ, and of those with a line or a fact
+    /// on a product day that differs, against the database's lines, once every fact the
+    /// state holds is written (a fact still on its way would look missing). Where facts
+    /// differ, their product days may have hidden other differences (a lost line and an
+    /// extra one alike), so the customers with lines there are compared next, for a few
+    /// rounds.
     async fn compare_facts(&self, tally: &mut Tally, cutoff: NaiveDate) -> Result<(), String> {
-        let product_days = tally.mismatched_product_days();
+        const ROUNDS: usize = 4;
+        let mut product_days = tally.mismatched_product_days();
         if tally.fixes.customers.is_empty() && product_days.is_empty() {
             return Ok(());
         }
@@ -295,16 +299,30 @@ impl Reconciler {
                 ))
             }
         }
-        let mut lines = self.pg.customers_with_lines(&product_days).await.map_err(|e| e.to_string())?;
-        let facts = crate::sink::mongo::customers_with_facts(&self.db, &product_days).await;
-        lines.extend(facts.map_err(|e| e.to_string())?);
-        let customers = tally.mismatched_customers(lines);
         let cutoff_day = epoch_day(cutoff);
-        let db = self.pg.fact_lines(&customers, cutoff_day).await.map_err(|e| e.to_string())?;
-        let stored = crate::sink::mongo::stored_facts(&self.db, &customers, date_key(cutoff))
-            .await
-            .map_err(|e| e.to_string())?;
-        tally.facts(db, stored);
+        let mut seen_days: std::collections::BTreeSet<(String, i32)> = product_days.iter().cloned().collect();
+        let mut compared: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut customers = tally.mismatched_customers(std::iter::empty());
+        for _ in 0..ROUNDS {
+            customers.extend(self.pg.customers_with_lines(&product_days).await.map_err(|e| e.to_string())?);
+            let facts = crate::sink::mongo::customers_with_facts(&self.db, &product_days).await;
+            customers.extend(facts.map_err(|e| e.to_string())?);
+            customers.retain(|c| !compared.contains(c));
+            customers.sort_unstable();
+            customers.dedup();
+            if customers.is_empty() {
+                break;
+            }
+            let db = self.pg.fact_lines(&customers, cutoff_day).await.map_err(|e| e.to_string())?;
+            let stored = crate::sink::mongo::stored_facts(&self.db, &customers, date_key(cutoff))
+                .await
+                .map_err(|e| e.to_string())?;
+            compared.extend(customers.drain(..));
+            product_days = tally.facts(db, stored).into_iter().filter(|d| seen_days.insert(d.clone())).collect();
+            if product_days.is_empty() {
+                break;
+            }
+        }
         Ok(())
     }
 
