@@ -167,6 +167,11 @@ pub struct ProductState {
     ranking: super::FastMap<String, BTreeSet<RankKey>>,
     /// Event lines dated before the window when they arrived.
     late_lines: u64,
+    /// Products whose rank moved (others passed them) while rank-only rewrites were
+    /// deferred: written with their rank at the next flush that takes them. Not in
+    /// snapshots: a restore's converging flush rewrites every document.
+    #[serde(skip)]
+    rank_pending: BTreeSet<u32>,
 }
 
 impl ProductState {
@@ -180,6 +185,7 @@ impl ProductState {
             last_as_of_day: None,
             ranking: Default::default(),
             late_lines: 0,
+            rank_pending: BTreeSet::new(),
         }
     }
 
@@ -319,6 +325,20 @@ impl ProductState {
     /// Documents that changed since the last flush, as of `as_of`; with `full`, every
     /// document of the view.
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> ProductChanges {
+        self.flush_ranks(as_of, full, true)
+    }
+
+    /// Products waiting for a rank-only rewrite.
+    pub fn ranks_pending(&self) -> usize {
+        self.rank_pending.len()
+    }
+
+    /// As [`ProductState::flush`]; without `ranks`, documents whose only change is their
+    /// rank (another product passed them) wait for a flush with `ranks` (or `full`), which
+    /// writes each once with its rank then. A document written for its own change always
+    /// carries its current rank.
+    pub fn flush_ranks(&mut self, as_of: DateTime<Utc>, full: bool, ranks: bool) -> ProductChanges {
+        let ranks = ranks || full;
         let window = self.config.window_days.max(1) as i32;
         let last = epoch_day(as_of.date_naive());
         let first = last - window + 1;
@@ -359,6 +379,13 @@ impl ProductState {
             computed.push((idx, doc));
         }
 
+        // The deferred rank-only rewrites are due: their categories are walked too.
+        if ranks {
+            for idx in std::mem::take(&mut self.rank_pending) {
+                let shown = self.products.get_index(idx as usize).and_then(|(_, p)| p.shown.as_ref());
+                touched_categories.extend(shown.map(|s| s.0.clone()));
+            }
+        }
         // New ranks, only in the categories where a revenue or a membership changed.
         let mut new_rank: HashMap<&str, i64> = HashMap::new();
         for c in &touched_categories {
@@ -390,7 +417,11 @@ impl ProductState {
         for (id, rank) in &new_rank {
             if let Some((idx, _, p)) = self.products.get_full(*id) {
                 if !written.contains(&(idx as u32)) && p.shown.as_ref().is_some_and(|s| s.2 != *rank) {
-                    rank_only.insert(idx, *rank);
+                    if ranks {
+                        rank_only.insert(idx, *rank);
+                    } else {
+                        self.rank_pending.insert(idx as u32);
+                    }
                 }
             }
         }
