@@ -1119,37 +1119,6 @@ mod tests {
             prop_assert_eq!(a.dated(last), b.dated(last));
         }
 
-        /// Ripples (product ranks, RFM rescores) deferred by any flushes and written by a
-        /// later one leave every view equal to a batch recompute.
-        #[test]
-        fn deferred_ripples_equal_a_batch_recompute(steps in steps(150, 10), final_hours in 0i16..72) {
-            let config = config(Scoring::Quintile);
-            let mut engine = Engine::new(config.clone());
-            let mut views = Views::default();
-            let mut accepted = Vec::new();
-            let mut latest = base_time();
-            for arrival in &arrivals(&steps) {
-                match arrival {
-                    Arrival::Event(d) => {
-                        if engine.apply(d) != Outcome::Conflicting {
-                            accepted.push(d.tx.clone());
-                        }
-                    }
-                    Arrival::Session(_) => {}
-                    Arrival::Flush(hours) => {
-                        latest = latest.max(engine.watermark().unwrap_or_else(base_time) + Duration::hours((*hours).into()));
-                        views.apply(engine.flush_views_ripples(latest, false, hours % 3 == 0));
-                    }
-                }
-            }
-            let last = latest.max(engine.watermark().unwrap_or_else(base_time) + Duration::hours(final_hours.into()));
-            views.apply(engine.flush_views(last, false));
-            let events = batch::first_arrivals(&accepted);
-            let views = views.dated(last);
-            prop_assert_eq!(views.rfm.into_values().collect::<Vec<_>>(), batch::rfm(&events, last, &config.rfm));
-            prop_assert_eq!(views.products.into_values().collect::<Vec<_>>(), batch::products(&events, last, &config.products));
-        }
-
         /// Small windows and retentions, so that sliding and eviction happen constantly.
         #[test]
         fn short_windows_equal_a_batch_recompute(steps in steps(150, 40), final_hours in 0i16..72) {
