@@ -424,7 +424,7 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         as_of,
         flush_every: Duration::from_millis(config.service.flush_interval_ms),
         dimension_every: Duration::from_millis(config.service.dimension_interval_ms),
-        ripple_every: Duration::from_millis(config.service.ripple_interval_ms),
+        rank_every: Duration::from_millis(config.service.rank_interval_ms),
         backoff: Backoff {
             initial: Duration::from_millis(config.service.retry_initial_ms),
             max: Duration::from_millis(config.service.retry_max_ms),

@@ -248,13 +248,10 @@ pub struct ServiceConfig {
     /// its segment at once), so a busy stream rewrites a dimension row at most once per
     /// interval, and evenly: rows fall due as they changed, not all at once.
     pub dimension_interval_ms: u64,
-    /// Documents that change only because others did are written at most this often, each
-    /// once with its value then: product_performance documents whose only change is their
-    /// `rank_in_category` (another product passed them), and customer_rfm_analysis documents
-    /// whose only change is their scores (a quintile bound moved past the customer's
-    /// value). An event's own customer and products go with the next view flush, ranked and
-    /// scored against everyone at that moment.
-    pub ripple_interval_ms: u64,
+    /// product_performance documents whose only change is their `rank_in_category` (another
+    /// product passed them) are written at most this often, each once with its rank then; a
+    /// product's own change is written at the next view flush with its current rank.
+    pub rank_interval_ms: u64,
     /// Address of /metrics, /healthz and /readyz; empty to serve none.
     pub http_listen: String,
     /// When set, every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise);
@@ -284,7 +281,7 @@ impl Default for ServiceConfig {
             clock: Clock::Wall,
             flush_interval_ms: 200,
             dimension_interval_ms: 30000,
-            ripple_interval_ms: 5000,
+            rank_interval_ms: 5000,
             http_listen: "127.0.0.1:9464".into(),
             api_token: String::new(),
             allow_unauthenticated: false,
@@ -412,12 +409,12 @@ impl Config {
         }
         if self.service.flush_interval_ms == 0
             || self.service.dimension_interval_ms == 0
-            || self.service.ripple_interval_ms == 0
+            || self.service.rank_interval_ms == 0
             || self.service.retry_initial_ms == 0
             || self.service.shutdown_timeout_ms == 0
         {
             return bad(
-                "service.flush_interval_ms, service.dimension_interval_ms, service.ripple_interval_ms, service.retry_initial_ms and service.shutdown_timeout_ms must be positive"
+                "service.flush_interval_ms, service.dimension_interval_ms, service.rank_interval_ms, service.retry_initial_ms and service.shutdown_timeout_ms must be positive"
                     .into(),
             );
         }

@@ -228,18 +228,16 @@ impl Engine {
     /// with `full`). The dim_customer rows that follow their RFM changes wait in the
     /// warehouse for [`Engine::flush_bulk`], coalesced.
     pub fn flush_views(&mut self, as_of: DateTime<Utc>, full: bool) -> ViewChanges {
-        self.flush_views_ripples(as_of, full, true)
+        self.flush_views_ranks(as_of, full, true)
     }
 
-    /// As [`Engine::flush_views`]; without `ripples`, the documents that change only
-    /// because others did wait for a flush with `ripples`: product_performance documents
-    /// whose only change is their rank ([`ProductState::flush_ranks`]), customers whose
-    /// only change is their scores ([`RfmState::flush_rescores`]). The caller decides how
-    /// often ripples are written.
-    pub fn flush_views_ripples(&mut self, as_of: DateTime<Utc>, full: bool, ripples: bool) -> ViewChanges {
+    /// As [`Engine::flush_views`]; without `ranks`, product_performance documents whose only
+    /// change is their rank wait for a flush with `ranks` (see
+    /// [`ProductState::flush_ranks`]): the caller decides how often ripples are written.
+    pub fn flush_views_ranks(&mut self, as_of: DateTime<Utc>, full: bool, ranks: bool) -> ViewChanges {
         self.views_generation += 1;
-        let rfm = self.rfm.flush_rescores(as_of, full, ripples);
-        let products = self.products.flush_ranks(as_of, full, ripples);
+        let rfm = self.rfm.flush(as_of, full);
+        let products = self.products.flush_ranks(as_of, full, ranks);
         let trends = self.trends.flush(as_of, full);
         for d in rfm.iter().filter(|(_, dim_changed)| *dim_changed).map(|(d, _)| d) {
             if let Some(customer_key) = self.warehouse.customers.get(d.customer_id.as_str()) {
@@ -1091,7 +1089,7 @@ mod tests {
                         lane += 1;
                         match lane % 5 {
                             // Rank-only product rewrites deferred to a later views flush.
-                            0 => b.apply(apart.flush_views_ripples(as_of, false, false)),
+                            0 => b.apply(apart.flush_views_ranks(as_of, false, false)),
                             1 => b.apply(apart.flush_bulk(Restate::None)),
                             2 => b.apply(apart.flush_bulk(Restate::All)),
                             3 => {

@@ -214,14 +214,6 @@ pub struct RfmState {
     last_flush: Option<FlushMark>,
     /// Customers whose document a flush removed, until the engine takes them.
     removed: Vec<String>,
-    /// While rescores are deferred (see [`RfmState::flush_rescores`]): the quintile bounds
-    /// every customer not in `since_rescore` was last scored at, and the customers written
-    /// for their own change since (scored at the bounds of their flush). Not in snapshots:
-    /// a restore's converging flush rescores everyone.
-    #[serde(skip)]
-    rescored_at: Option<[Bounds; 3]>,
-    #[serde(skip)]
-    since_rescore: Vec<u32>,
 }
 
 impl RfmState {
@@ -234,8 +226,6 @@ impl RfmState {
             ranks,
             last_flush: None,
             removed: Vec::new(),
-            rescored_at: None,
-            since_rescore: Vec::new(),
         }
     }
 
@@ -387,45 +377,23 @@ impl RfmState {
     /// dim_customer row (segment, lifetime value) changes with it: a customer whose scores
     /// moved only because the boundaries did, within the same segment, keeps its row.
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, bool)> {
-        self.flush_rescores(as_of, full, true)
-    }
-
-    /// As [`RfmState::flush`]; without `rescore`, customers whose only change would be
-    /// their scores (a quintile bound moved past their value) keep their document until a
-    /// flush with `rescore` (or `full`, or a new as_of date), which rescores each once,
-    /// against the bounds then. A customer's own change is written at once, scored against
-    /// the current bounds.
-    pub fn flush_rescores(&mut self, as_of: DateTime<Utc>, full: bool, rescore: bool) -> Vec<(RfmDoc, bool)> {
         let as_of_day = i64::from(epoch_day(as_of.date_naive()));
         let dirty = std::mem::take(&mut self.dirty);
         self.sync_ranks(&dirty);
         let bounds = self.ranks.as_ref().map(|r| r.bounds(as_of_day));
 
         let everyone = full || self.last_flush.is_none_or(|m| m.as_of_day != as_of_day);
-        let rescore = rescore || everyone;
         let candidates: Vec<u32> = if everyone {
             (0..self.customers.len() as u32).collect()
-        } else if rescore {
-            let mut c = dirty;
-            let scored_at = self.rescored_at.or(self.last_flush.and_then(|m| m.bounds));
-            if let (Some(ranks), Some(old), Some(new)) = (&self.ranks, scored_at, bounds) {
-                ranks.movers(&old, &new, as_of_day, &mut c);
-            }
-            c.append(&mut self.since_rescore);
-            c.sort_unstable();
-            c.dedup();
-            c
         } else {
-            if self.rescored_at.is_none() {
-                self.rescored_at = self.last_flush.and_then(|m| m.bounds);
+            let mut c = dirty;
+            if let (Some(ranks), Some(old), Some(new)) = (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds) {
+                ranks.movers(&old, &new, as_of_day, &mut c);
+                c.sort_unstable();
+                c.dedup();
             }
-            self.since_rescore.extend_from_slice(&dirty);
-            dirty
+            c
         };
-        if rescore {
-            self.rescored_at = None;
-            self.since_rescore.clear();
-        }
 
         let n = self.ranks.as_ref().map_or(0, |r| r.frequency.len());
         let mut docs = Vec::with_capacity(candidates.len());

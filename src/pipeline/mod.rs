@@ -145,9 +145,8 @@ pub struct Cadence {
     /// dim_customer rows that follow RFM changes are written at most this often (coalesced,
     /// the latest value wins); a new customer's row goes at once.
     pub dimension_every: Duration,
-    /// Documents that change only because others did (product ranks, RFM rescores) are
-    /// written at most this often.
-    pub ripple_every: Duration,
+    /// product_performance rank-only rewrites are written at most this often.
+    pub rank_every: Duration,
     pub backoff: Backoff,
     /// Consumption pauses while more facts than this wait for MongoDB.
     pub max_pending_facts: usize,
@@ -209,8 +208,8 @@ pub struct Worker {
     mirror: Mirror,
     /// When the segment gauges were last recounted (a scan of every customer).
     segments_counted: Option<Instant>,
-    /// When the last view flush that wrote the ripples (ranks, rescores) was built.
-    ripples_flushed: Option<Instant>,
+    /// When the last view flush that wrote rank-only changes was built.
+    ranks_flushed: Option<Instant>,
     /// Reconciliations waiting for the bulk lane to acknowledge a batch (its seq).
     facts_written_waiters: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
 }
@@ -240,7 +239,7 @@ impl Worker {
             restate_through: 0,
             mirror: Mirror::default(),
             segments_counted: None,
-            ripples_flushed: None,
+            ranks_flushed: None,
             facts_written_waiters: Vec::new(),
         }
     }
@@ -487,7 +486,7 @@ impl Pipeline {
         let applied_any = worker.cadence.as_of.at(&worker.engine).is_some();
         let converge = (final_full && applied_any) || worker.convergence.due(&worker.positions);
         {
-            worker.ripples_flushed = None; // the last flush writes every deferred ripple
+            worker.ranks_flushed = None; // the last flush writes every deferred rank
             let views = worker.view_changes(converge).unwrap_or_default();
             worker.mirror.apply(&views);
             let bulk = worker.bulk_changes(true);

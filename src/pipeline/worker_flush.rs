@@ -59,11 +59,11 @@ impl Worker {
         match self.cadence.as_of.at(&self.engine) {
             Some(as_of) => {
                 self.summary.as_of = Some(as_of);
-                let ripples = self.ripples_flushed.is_none_or(|t| t.elapsed() >= self.cadence.ripple_every);
-                if ripples {
-                    self.ripples_flushed = Some(Instant::now());
+                let ranks = self.ranks_flushed.is_none_or(|t| t.elapsed() >= self.cadence.rank_every);
+                if ranks {
+                    self.ranks_flushed = Some(Instant::now());
                 }
-                let changes = self.engine.flush_views_ripples(as_of, converge, ripples);
+                let changes = self.engine.flush_views_ranks(as_of, converge, ranks);
                 self.view_flushes.push_back((Instant::now(), self.engine.views_generation()));
                 Some(changes)
             }
