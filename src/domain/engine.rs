@@ -1117,6 +1117,40 @@ mod tests {
             prop_assert_eq!(a.dated(last), b.dated(last));
         }
 
+        /// Product rank-only rewrites deferred by any flushes and written by a later one
+        /// leave every view equal to a batch recompute.
+        #[test]
+        fn deferred_ranks_equal_a_batch_recompute(steps in steps(150, 10), final_hours in 0i16..72) {
+            let config = config(Scoring::Quintile);
+            let mut engine = Engine::new(config.clone());
+            let mut views = Views::default();
+            let mut accepted = Vec::new();
+            let mut latest = base_time();
+            for arrival in &arrivals(&steps) {
+                match arrival {
+                    Arrival::Event(d) => {
+                        if engine.apply(d) != Outcome::Conflicting {
+                            accepted.push(d.tx.clone());
+                        }
+                    }
+                    Arrival::Session(_) => {}
+                    Arrival::Flush(hours) => {
+                        let t = engine.watermark().unwrap_or_else(base_time) + Duration::hours((*hours).into());
+                        latest = latest.max(t);
+                        views.apply(engine.flush_views_ranks(latest, false, hours % 3 == 0));
+                    }
+                }
+            }
+            let t = engine.watermark().unwrap_or_else(base_time) + Duration::hours(final_hours.into());
+            let last = latest.max(t);
+            views.apply(engine.flush_views(last, false));
+            let events = batch::first_arrivals(&accepted);
+            let views = views.dated(last);
+            prop_assert_eq!(views.rfm.into_values().collect::<Vec<_>>(), batch::rfm(&events, last, &config.rfm));
+            let products = batch::products(&events, last, &config.products);
+            prop_assert_eq!(views.products.into_values().collect::<Vec<_>>(), products);
+        }
+
         /// Small windows and retentions, so that sliding and eviction happen constantly.
         #[test]
         fn short_windows_equal_a_batch_recompute(steps in steps(150, 40), final_hours in 0i16..72) {
