@@ -661,20 +661,9 @@ mod tests {
         let cut = engine.cut(cutoff, 400).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let want = recount(&events, cutoff_us);
         prop_assert_eq!(cut_customers(&cut), want.clone());
-        let mut days: BTreeMap<i32, Bucket> = BTreeMap::new();
-        for e in events.iter().filter(|e| e.timestamp.timestamp_micros() < cutoff_us) {
-            let b = days.entry(epoch_day(e.date())).or_default();
-            match e.kind {
-                EventKind::Purchase => {
-                    b.purchases += 1;
-                    b.purchase_cents += e.total_cents;
-                }
-                EventKind::Refund => {
-                    b.refunds += 1;
-                    b.refund_cents += e.total_cents;
-                }
-            }
-        }
+        let before: Vec<&Transaction> =
+            events.iter().filter(|e| e.timestamp.timestamp_micros() < cutoff_us).copied().collect();
+        let days = bucket_of(&before, Some);
         prop_assert_eq!(&cut.days, &days);
 
         // The database says otherwise for every other customer and every day: after the
@@ -763,17 +752,7 @@ mod tests {
         let mut out: BTreeMap<i32, Bucket> = BTreeMap::new();
         for e in events {
             let Some(p) = period(epoch_day(e.date())) else { continue };
-            let b = out.entry(p).or_default();
-            match e.kind {
-                EventKind::Purchase => {
-                    b.purchases += 1;
-                    b.purchase_cents += e.total_cents;
-                }
-                EventKind::Refund => {
-                    b.refunds += 1;
-                    b.refund_cents += e.total_cents;
-                }
-            }
+            out.entry(p).or_default().add(e);
         }
         out
     }

@@ -69,7 +69,8 @@ impl Bucket {
         self.purchase_cents - self.refund_cents
     }
 
-    fn add(&mut self, tx: &Transaction) {
+    /// Counts one event.
+    pub fn add(&mut self, tx: &Transaction) {
         match tx.kind {
             EventKind::Purchase => {
                 self.purchases += 1;

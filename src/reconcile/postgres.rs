@@ -128,6 +128,17 @@ impl Postgres {
         rows.iter().map(|row| Ok((row.try_get("day").map_err(|e| self.fail(e))?, self.bucket(row)?))).collect()
     }
 
+    /// A product's name, category, subcategory and brand columns.
+    fn attributes(&self, row: &sqlx::postgres::PgRow) -> Result<ProductAttributes, PgError> {
+        let text = |c: &str| row.try_get::<Option<String>, _>(c).map_err(|e| self.fail(e));
+        Ok(ProductAttributes {
+            name: text("name")?,
+            category: text("category")?,
+            subcategory: text("subcategory")?,
+            brand: text("brand")?,
+        })
+    }
+
     fn bucket(&self, row: &sqlx::postgres::PgRow) -> Result<Bucket, PgError> {
         Ok(Bucket {
             purchases: row.try_get("purchases").map_err(|e| self.fail(e))?,
@@ -176,12 +187,7 @@ impl Postgres {
                     orders: get("orders")?,
                     purchase_lines: get("purchase_lines")?,
                 };
-                let attributes = ProductAttributes {
-                    name: text("name")?,
-                    category: text("category")?,
-                    subcategory: text("subcategory")?,
-                    brand: text("brand")?,
-                };
+                let attributes = self.attributes(row)?;
                 Ok((
                     text("product_id")?.unwrap_or_default(),
                     row.try_get("day").map_err(|e| self.fail(e))?,
@@ -256,12 +262,7 @@ impl Postgres {
                     discount_cents: int("discount_cents")?,
                     payment_method: text("payment_method")?,
                 };
-                let attributes = ProductAttributes {
-                    name: text("name")?,
-                    category: text("category")?,
-                    subcategory: text("subcategory")?,
-                    brand: text("brand")?,
-                };
+                let attributes = self.attributes(row)?;
                 Ok((line, attributes))
             })
             .collect()
