@@ -84,29 +84,23 @@ impl Postgres {
 
     /// Per day number in `from_day..to_day` with rows: the day's bucket.
     pub async fn days(&self, from_day: i32, to_day: i32) -> Result<Vec<(i32, Bucket)>, PgError> {
-        let sql = r#"
-            SELECT (("timestamp" AT TIME ZONE 'UTC')::date - date '1970-01-01') AS day,
-                   count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-                   (100 * coalesce(sum(total_amount) FILTER (WHERE event_type = 'purchase'), 0))::bigint AS purchase_cents,
-                   count(*) FILTER (WHERE event_type = 'refund') AS refunds,
-                   (100 * coalesce(sum(total_amount) FILTER (WHERE event_type = 'refund'), 0))::bigint AS refund_cents
-            FROM transactions
-            WHERE "timestamp" >= to_timestamp($1::double precision / 1000000)
-              AND "timestamp" < to_timestamp($2::double precision / 1000000)
-            GROUP BY 1"#;
-        let rows = sqlx::query(sql)
-            .bind(day_start_us(from_day) as f64)
-            .bind(day_start_us(to_day) as f64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
-        rows.iter().map(|row| Ok((row.try_get("day").map_err(|e| self.fail(e))?, self.bucket(row)?))).collect()
+        self.buckets(Granularity::Daily, from_day, to_day).await
     }
 
     /// Per ISO week (`Weekly`, keyed by its Monday's day number) or month (`Monthly`, keyed
     /// by its first day's number) with rows dated in `from_day..to_day`: the bucket.
     pub async fn periods(&self, g: Granularity, from_day: i32, to_day: i32) -> Result<Vec<(i32, Bucket)>, PgError> {
-        let unit = if g == Granularity::Monthly { "month" } else { "week" };
+        self.buckets(g, from_day, to_day).await
+    }
+
+    /// Per period of `g` with rows dated in `from_day..to_day`, keyed by its first day's
+    /// number: purchases, refunds and their money.
+    async fn buckets(&self, g: Granularity, from_day: i32, to_day: i32) -> Result<Vec<(i32, Bucket)>, PgError> {
+        let unit = match g {
+            Granularity::Daily => "day",
+            Granularity::Weekly => "week",
+            Granularity::Monthly => "month",
+        };
         let sql = format!(
             r#"
             SELECT (date_trunc('{unit}', "timestamp" AT TIME ZONE 'UTC')::date - date '1970-01-01') AS day,
