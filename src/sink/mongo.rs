@@ -528,14 +528,10 @@ pub async fn stored_facts(
     customers: &[String],
     before_date_key: i32,
 ) -> Result<Vec<(FactLine, i32)>, SinkError> {
-    let fail = |collection: &'static str| {
-        move |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) }
-    };
     let mut ids: std::collections::HashMap<i32, String> = std::collections::HashMap::new();
     for chunk in customers.chunks(10_000) {
         let filter = doc! { "customer_id": { "$in": chunk } };
-        let mut rows = db.collection::<Document>(DIM_CUSTOMER).find(filter).await.map_err(fail(DIM_CUSTOMER))?;
-        while let Some(d) = rows.try_next().await.map_err(fail(DIM_CUSTOMER))? {
+        for d in find_all(db, DIM_CUSTOMER, filter).await? {
             if let (Ok(id), Ok(key)) = (d.get_str("customer_id"), d.get_i32("customer_key")) {
                 ids.insert(key, id.to_owned());
             }
@@ -546,8 +542,7 @@ pub async fn stored_facts(
     for (kind, table) in [(EventKind::Purchase, FACT_SALES), (EventKind::Refund, FACT_RETURNS)] {
         for chunk in keys.chunks(10_000) {
             let filter = doc! { "customer_key": { "$in": chunk }, "date_key": { "$lt": before_date_key } };
-            let mut rows = db.collection::<Document>(table).find(filter).await.map_err(fail(table))?;
-            while let Some(d) = rows.try_next().await.map_err(fail(table))? {
+            for d in find_all(db, table, filter).await? {
                 facts.push((kind, d));
             }
         }
@@ -561,8 +556,7 @@ pub async fn stored_facts(
         .collect();
     for chunk in wanted.chunks(10_000) {
         let filter = doc! { "product_key": { "$in": chunk } };
-        let mut rows = db.collection::<Document>(DIM_PRODUCT).find(filter).await.map_err(fail(DIM_PRODUCT))?;
-        while let Some(d) = rows.try_next().await.map_err(fail(DIM_PRODUCT))? {
+        for d in find_all(db, DIM_PRODUCT, filter).await? {
             if let (Ok(id), Ok(key)) = (d.get_str("product_id"), d.get_i32("product_key")) {
                 products.insert(key, id.to_owned());
             }
@@ -593,20 +587,12 @@ pub async fn stored_facts(
 
 /// The customers with a fact (either table) of one of these products on that day number.
 pub async fn customers_with_facts(db: &Database, product_days: &[(String, i32)]) -> Result<Vec<String>, SinkError> {
-    let fail = |collection: &'static str| {
-        move |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) }
-    };
     if product_days.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = product_days.iter().map(|(id, _)| id.as_str()).collect();
     let mut keys: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
-    let mut rows = db
-        .collection::<Document>(DIM_PRODUCT)
-        .find(doc! { "product_id": { "$in": ids } })
-        .await
-        .map_err(fail(DIM_PRODUCT))?;
-    while let Some(d) = rows.try_next().await.map_err(fail(DIM_PRODUCT))? {
+    for d in find_all(db, DIM_PRODUCT, doc! { "product_id": { "$in": ids } }).await? {
         if let (Ok(id), Ok(key)) = (d.get_str("product_id"), d.get_i32("product_key")) {
             keys.insert(id.to_owned(), key);
         }
@@ -621,8 +607,7 @@ pub async fn customers_with_facts(db: &Database, product_days: &[(String, i32)])
     let mut customer_keys = std::collections::BTreeSet::new();
     for table in [FACT_SALES, FACT_RETURNS] {
         for chunk in wanted.chunks(1_000) {
-            let mut rows = db.collection::<Document>(table).find(doc! { "$or": chunk }).await.map_err(fail(table))?;
-            while let Some(d) = rows.try_next().await.map_err(fail(table))? {
+            for d in find_all(db, table, doc! { "$or": chunk }).await? {
                 customer_keys.extend(d.get_i32("customer_key").ok());
             }
         }
@@ -631,10 +616,15 @@ pub async fn customers_with_facts(db: &Database, product_days: &[(String, i32)])
     let mut customers = Vec::new();
     for chunk in customer_keys.chunks(10_000) {
         let filter = doc! { "customer_key": { "$in": chunk } };
-        let mut rows = db.collection::<Document>(DIM_CUSTOMER).find(filter).await.map_err(fail(DIM_CUSTOMER))?;
-        while let Some(d) = rows.try_next().await.map_err(fail(DIM_CUSTOMER))? {
+        for d in find_all(db, DIM_CUSTOMER, filter).await? {
             customers.extend(d.get_str("customer_id").ok().map(str::to_owned));
         }
     }
     Ok(customers)
+}
+
+/// Every document of `collection` that `filter` matches.
+async fn find_all(db: &Database, collection: &'static str, filter: Document) -> Result<Vec<Document>, SinkError> {
+    let fail = |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) };
+    db.collection::<Document>(collection).find(filter).await.map_err(fail)?.try_collect().await.map_err(fail)
 }
