@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::SecondsFormat;
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::{Bson, Document, RawDocumentBuf};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -81,7 +81,7 @@ impl Mirror {
     /// Answers a query from the engine and the mirror.
     pub fn answer(&self, engine: &Engine, q: &Query) -> Answer {
         match q {
-            Query::Customer(id) => engine.rfm().view(id).map(|d| to_json(documents::rfm(&d, d.analysis_date).1)),
+            Query::Customer(id) => engine.rfm().view(id).map(|d| view_json(documents::rfm(&d, d.analysis_date).1)),
             Query::Segments => {
                 let counts = engine.rfm().segment_counts();
                 let total: u64 = counts.values().sum();
@@ -102,7 +102,7 @@ impl Mirror {
                     }
                 });
                 let items: Vec<Value> =
-                    docs.into_iter().take(*n).map(|d| to_json(documents::product(d, d.analysis_date).1)).collect();
+                    docs.into_iter().take(*n).map(|d| view_json(documents::product(d, d.analysis_date).1)).collect();
                 Some(json!({ "category": category, "products": items }))
             }
             Query::Trends(g) => {
@@ -110,12 +110,18 @@ impl Mirror {
                     .trends
                     .values()
                     .filter(|d| d.granularity == *g)
-                    .map(|d| to_json(documents::trend(d, d.analysis_date).1))
+                    .map(|d| view_json(documents::trend(d, d.analysis_date).1))
                     .collect();
                 Some(json!({ "trend_type": g.as_str(), "periods": items }))
             }
         }
     }
+}
+
+/// A view document as the sink builds it, as plain JSON (see [`to_json`]).
+fn view_json(raw: RawDocumentBuf) -> Value {
+    // The sink's own encoding of a document: always well-formed BSON.
+    to_json(raw.to_document().unwrap_or_default())
 }
 
 /// A view document as plain JSON: dates as RFC 3339 strings; `_id` and `updated_at` (a

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, TryStreamExt};
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, rawdoc, Bson, Document, RawArrayBuf, RawDocumentBuf};
 use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, IndexOptions, ValidationLevel};
 use mongodb::{Client, Database, IndexModel};
@@ -54,8 +54,16 @@ pub struct WriteStats {
     pub stale_removed: Vec<(&'static str, u64)>,
 }
 
-/// Batches of one collection sent at once (the server works on them in parallel).
+/// Batches of one collection sent at once: several writers per collection, which the
+/// server works on in parallel (the journal commit of `j: true` is shared by them).
 const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Connections the pool may open unless the URI says (`maxPoolSize`): every batch in
+/// flight at once holds one. The views lane writes 3 collections and the bulk lane up to 4
+/// (dimensions) at a time, [`BATCHES_IN_FLIGHT`] each; the rest serve the readiness
+/// ping, the query cache's reads and a reconciliation's. The driver's default of 10 would
+/// queue the lanes' batches behind each other in the pool.
+const POOL_SIZE: u32 = (BATCHES_IN_FLIGHT as u32) * (3 + 4) + 4;
 
 #[derive(Clone)]
 pub struct MongoSink {
@@ -72,8 +80,8 @@ pub struct MongoSink {
 /// acknowledged write must survive a mongod crash or a failover, or the restored state
 /// would claim documents MongoDB lost. On a replica set of one it costs a journal commit
 /// per batch, shared by the batches in flight.
-fn write_concern() -> Document {
-    doc! { "w": "majority", "j": true }
+fn write_concern() -> RawDocumentBuf {
+    rawdoc! { "w": "majority", "j": true }
 }
 
 /// A write command's reply: any write error (with `duplicates_ok`, except an insert's
@@ -180,6 +188,9 @@ impl MongoSink {
         options.app_name = Some("martstream".into());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
+        // No minPoolSize: the pool's background fill would meet a refused login first and
+        // report it as a cleared pool instead of the login error the operator needs.
+        options.max_pool_size.get_or_insert(POOL_SIZE);
         let client = Client::with_options(options).map_err(|source| SinkError::BadUri { uri: uri.clone(), source })?;
         let sink = MongoSink {
             db: client.database(&config.database),
@@ -290,14 +301,14 @@ impl MongoSink {
         changes: &'a ViewChanges,
         written_at: DateTime<Utc>,
     ) -> Result<WriteStats, SinkError> {
-        let rfm: Vec<(Bson, Document)> = changes.rfm.iter().map(|d| documents::rfm(d, written_at)).collect();
-        let products: Vec<(Bson, Document)> =
+        let rfm: Vec<documents::Raw> = changes.rfm.iter().map(|d| documents::rfm(d, written_at)).collect();
+        let products: Vec<documents::Raw> =
             changes.products.upserts.iter().map(|d| documents::product(d, written_at)).collect();
-        let trends: Vec<(Bson, Document)> =
+        let trends: Vec<documents::Raw> =
             changes.trends.upserts.iter().map(|d| documents::trend(d, written_at)).collect();
         let complete = changes.complete;
         let _first = self.views_first.begin();
-        let view = |name: &'static str, deletes: &'a [String], upserts: Vec<(Bson, Document)>| async move {
+        let view = |name: &'static str, deletes: &'a [String], upserts: Vec<documents::Raw>| async move {
             let n = self.delete(name, deletes).await? + self.upsert(name, upserts).await?;
             let stale = if complete { self.delete_stale(name, written_at).await? } else { 0 };
             Ok::<_, SinkError>(((name, n), (name, stale)))
@@ -337,7 +348,7 @@ impl MongoSink {
     }
 
     async fn write_dims(&self, changes: &ViewChanges) -> Result<Vec<(&'static str, usize)>, SinkError> {
-        let dims = |name: &'static str, docs: Vec<(Bson, Document)>| async move {
+        let dims = |name: &'static str, docs: Vec<documents::Raw>| async move {
             Ok::<_, SinkError>((name, self.upsert(name, docs).await?))
         };
         let d = &changes.dims;
@@ -403,11 +414,11 @@ impl MongoSink {
     async fn delete_stale(&self, collection: &'static str, written_at: DateTime<Utc>) -> Result<u64, SinkError> {
         let fail =
             |e: mongodb::error::Error| SinkError::Write { collection: collection.into(), reason: first_line(&e) };
-        let stale = doc! { "q": { "updated_at": { "$ne": documents::date(written_at) } }, "limit": 0 };
+        let stale = rawdoc! { "q": { "updated_at": { "$ne": documents::date(written_at) } }, "limit": 0 };
         let reply = self
             .db
-            .run_command(
-                doc! { "delete": collection, "deletes": [stale], "ordered": false, "writeConcern": write_concern() },
+            .run_raw_command(
+                rawdoc! { "delete": collection, "deletes": [stale], "ordered": false, "writeConcern": write_concern() },
             )
             .await
             .map_err(fail)?;
@@ -417,7 +428,7 @@ impl MongoSink {
 
     /// Deletes documents by `_id` (idempotent: deleting what is gone is fine).
     pub async fn delete(&self, collection: &str, ids: &[String]) -> Result<usize, SinkError> {
-        let statements = ids.iter().map(|id| doc! { "q": { "_id": id }, "limit": 1 }).collect();
+        let statements = ids.iter().map(|id| rawdoc! { "q": { "_id": id.as_str() }, "limit": 1 }).collect();
         self.write_command(collection, "delete", "deletes", statements).await
     }
 
@@ -473,9 +484,9 @@ impl MongoSink {
     }
 
     /// Replaces (or inserts) each document by `_id`.
-    pub async fn upsert(&self, collection: &str, docs: Vec<(Bson, Document)>) -> Result<usize, SinkError> {
+    pub async fn upsert(&self, collection: &str, docs: Vec<documents::Raw>) -> Result<usize, SinkError> {
         let statements =
-            docs.into_iter().map(|(id, body)| doc! { "q": { "_id": id }, "u": body, "upsert": true }).collect();
+            docs.into_iter().map(|(id, body)| rawdoc! { "q": { "_id": id }, "u": body, "upsert": true }).collect();
         self.write_command(collection, "update", "updates", statements).await
     }
 
@@ -485,7 +496,7 @@ impl MongoSink {
     async fn insert_facts(
         &self,
         collection: &'static str,
-        docs: Vec<(Bson, Document)>,
+        docs: Vec<documents::Raw>,
     ) -> Result<(&'static str, usize), SinkError> {
         let statements = docs.into_iter().map(|(_, body)| body).collect(); // bodies carry their _id
         Ok((collection, self.write_command(collection, "insert", "documents", statements).await?))
@@ -499,25 +510,31 @@ impl MongoSink {
         collection: &str,
         command: &str,
         list: &str,
-        statements: Vec<Document>,
+        statements: Vec<RawDocumentBuf>,
     ) -> Result<usize, SinkError> {
         use futures::StreamExt;
         let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
-        let batch = |chunk: &[Document]| {
-            let command = doc! { command: collection, list: chunk, "ordered": false, "writeConcern": write_concern() };
+        let n = statements.len();
+        let mut statements = statements.into_iter().peekable();
+        let chunks = std::iter::from_fn(|| {
+            statements.peek()?;
+            let mut chunk = RawArrayBuf::new();
+            statements.by_ref().take(self.batch_size).for_each(|s| chunk.push(s));
+            Some(chunk)
+        });
+        let batch = |chunk: RawArrayBuf| {
+            let command =
+                rawdoc! { command: collection, list: chunk, "ordered": false, "writeConcern": write_concern() };
             async move {
                 if self.yields_to_views {
                     self.views_first.wait().await;
                 }
-                let reply = self.db.run_command(command).await.map_err(|e| fail(first_line(&e)))?;
+                let reply = self.db.run_raw_command(command).await.map_err(|e| fail(first_line(&e)))?;
                 reply_ok(&reply, list == "documents").map_err(fail)
             }
         };
-        futures::stream::iter(statements.chunks(self.batch_size).map(batch))
-            .buffer_unordered(BATCHES_IN_FLIGHT)
-            .try_collect::<()>()
-            .await?;
-        Ok(statements.len())
+        futures::stream::iter(chunks.map(batch)).buffer_unordered(BATCHES_IN_FLIGHT).try_collect::<()>().await?;
+        Ok(n)
     }
 }
 
