@@ -15,7 +15,7 @@ use super::reconcile::{
     customer_json, day_json, day_start_us, period_key, product_day_json, AfterCut, CustomerFigures, Cut, CutError,
     FactFix, Fixes, OpenEvents, RepairChange,
 };
-use super::rfm::{Customer, RfmConfig, RfmDoc, RfmState};
+use super::rfm::{Customer, DimRow, RfmConfig, RfmDoc, RfmState};
 use super::session::{Session, SessionFact};
 use super::trends::{Granularity, TrendChanges, TrendConfig, TrendState};
 use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Restate, Warehouse};
@@ -106,6 +106,10 @@ pub struct Engine {
     /// they first changed in (see [`Restate::ChangedBy`]).
     #[serde(skip)]
     views_generation: u64,
+    /// Over how many view flushes a complete flush's restated dim_customer rows are spread
+    /// (see [`Engine::spread_restates_over`]); 0 or 1: all in the flush's own generation.
+    #[serde(skip)]
+    restate_spread: u64,
 }
 
 impl Engine {
@@ -120,7 +124,17 @@ impl Engine {
             watermark: None,
             open: OpenEvents::default(),
             views_generation: 0,
+            restate_spread: 1,
         }
+    }
+
+    /// A complete flush (the convergence after a restart, a repair) writes every customer's
+    /// dim_customer row again, although the state knows of no change in most of them.
+    /// Those rows are spread over the next `generations` view flushes, so that they fall
+    /// due `dimension_interval_ms` later a few at a time instead of as one burst of a row
+    /// per customer. A row that really changed keeps its own flush's generation.
+    pub fn spread_restates_over(&mut self, generations: u64) {
+        self.restate_spread = generations.max(1);
     }
 
     /// The largest event time among applied events: `as_of` under `clock = "event"`.
@@ -239,7 +253,17 @@ impl Engine {
         let rfm = self.rfm.flush(as_of, full);
         let products = self.products.flush_ranks(as_of, full, ranks);
         let trends = self.trends.flush(as_of, full);
-        for d in rfm.iter().filter(|(_, dim_changed)| *dim_changed).map(|(d, _)| d) {
+        let spread = self.restate_spread.max(1);
+        let mut converging = 0;
+        for (d, dim) in &rfm {
+            let generation = match dim {
+                DimRow::Unchanged => continue,
+                DimRow::Changed => self.views_generation,
+                DimRow::Restated => {
+                    converging += 1;
+                    self.views_generation + converging % spread
+                }
+            };
             if let Some(customer_key) = self.warehouse.customers.get(d.customer_id.as_str()) {
                 let row = DimCustomer {
                     customer_key,
@@ -247,7 +271,7 @@ impl Engine {
                     customer_segment: Some(d.rfm_segment.clone()),
                     lifetime_value_cents: d.monetary_cents,
                 };
-                self.warehouse.restate_customer(row, self.views_generation);
+                self.warehouse.restate_customer(row, generation);
             }
         }
         let rfm_deletes = self.rfm.take_removed();
@@ -1247,6 +1271,50 @@ mod memory_tests {
         assert!(peak.0 <= 31, "product buckets held: {}", peak.0);
         assert!(peak.1 <= 97 + 13 + 13 + 97, "trend buckets held: {}", peak.1);
         assert!(engine.dedup_len() <= 2 * 36, "dedup entries: {}", engine.dedup_len());
+    }
+
+    /// A complete flush writes every customer's dim_customer row again; those it did not
+    /// change fall due over the next view flushes, a few at a time, and one that changed
+    /// keeps its own flush's generation. None is lost.
+    #[test]
+    fn a_complete_flush_spreads_its_restates_over_later_flushes() {
+        let purchase =
+            |user: u8, minute: u32| Step::New { user, minute, total: 3, refund_of: None, lines: vec![(0, 1, 2, 0)] };
+        let mut steps: Vec<Step> = (0..40u8).map(|u| purchase(u, u32::from(u))).collect();
+        steps.push(Step::Flush { hours: 0 });
+        steps.push(purchase(7, 100));
+        let mut engine = Engine::new(ViewConfig::default());
+        engine.spread_restates_over(4);
+        let mut take = |engine: &mut Engine, restate| {
+            let mut ids: Vec<String> =
+                engine.flush_bulk(restate).dims.customers.into_iter().map(|c| c.customer_id).collect();
+            ids.sort();
+            ids
+        };
+        for a in arrivals(&steps) {
+            match a {
+                Arrival::Event(d) => drop(engine.apply(&d)),
+                Arrival::Session(d) => drop(engine.apply_session(&d, 0)),
+                Arrival::Flush(_) => {
+                    engine.flush_views(engine.watermark().unwrap(), false);
+                    take(&mut engine, Restate::All);
+                }
+            }
+        }
+        engine.flush_views(engine.watermark().unwrap(), true);
+        let generation = engine.views_generation();
+        let mut taken = take(&mut engine, Restate::ChangedBy(generation));
+        assert!(taken.len() <= 40 / 4 + 1, "due at once: {}", taken.len());
+        assert!(taken.iter().any(|id| id == "u7"), "the customer who bought again goes first: {taken:?}");
+        for later in 1..4 {
+            let next = take(&mut engine, Restate::ChangedBy(generation + later));
+            assert!((1..=40 / 4 + 1).contains(&next.len()), "generation +{later}: {}", next.len());
+            taken.extend(next);
+        }
+        taken.sort();
+        taken.dedup();
+        assert_eq!(taken.len(), 40);
+        assert_eq!(engine.restated_customers(), 0);
     }
 }
 

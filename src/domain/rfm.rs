@@ -216,6 +216,18 @@ pub struct RfmState {
     removed: Vec<String>,
 }
 
+/// What an RFM flush means for the customer's dim_customer row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DimRow {
+    /// Segment and lifetime value as last flushed (a mover within its segment).
+    Unchanged,
+    /// The segment or the lifetime value changed.
+    Changed,
+    /// Unchanged as far as the state knows, written again by a complete flush so that
+    /// whatever MongoDB holds converges.
+    Restated,
+}
+
 impl RfmState {
     pub fn new(config: RfmConfig) -> Self {
         let ranks = (config.scoring == Scoring::Quintile).then(RankIndexes::default);
@@ -373,10 +385,10 @@ impl RfmState {
     }
 
     /// The documents that changed since the last flush, as of `as_of`; with `full`, every
-    /// document. Afterwards nothing is dirty. Each is paired with whether the customer's
-    /// dim_customer row (segment, lifetime value) changes with it: a customer whose scores
-    /// moved only because the boundaries did, within the same segment, keeps its row.
-    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, bool)> {
+    /// document. Afterwards nothing is dirty. Each is paired with what becomes of the
+    /// customer's dim_customer row (segment, lifetime value): a customer whose scores moved
+    /// only because the boundaries did, within the same segment, keeps its row.
+    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, DimRow)> {
         let as_of_day = i64::from(epoch_day(as_of.date_naive()));
         let dirty = std::mem::take(&mut self.dirty);
         self.sync_ranks(&dirty);
@@ -419,12 +431,16 @@ impl RfmState {
                 continue;
             }
             // The lifetime value only changes with the customer's own events (dirty).
-            let dim_changed = full
-                || was_dirty
-                || c.emitted == [0; 3]
-                || self.config.segment(c.emitted) != self.config.segment(scores);
+            let dim =
+                if was_dirty || c.emitted == [0; 3] || self.config.segment(c.emitted) != self.config.segment(scores) {
+                    DimRow::Changed
+                } else if full {
+                    DimRow::Restated
+                } else {
+                    DimRow::Unchanged
+                };
             c.emitted = scores;
-            docs.push((document(&self.config, id, c, (recency, scores), as_of), dim_changed));
+            docs.push((document(&self.config, id, c, (recency, scores), as_of), dim));
         }
         self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
         docs

@@ -146,12 +146,13 @@ pub struct Warehouse {
     /// dim_customer rows the view flushes changed (segment, lifetime value) since the bulk
     /// lane last took them, by customer key: the latest value of each, written once.
     restated_customers: BTreeMap<i32, DimCustomer>,
-    /// The keys of `restated_customers` in the order they first changed, each with the
-    /// view-flush generation it first changed in: a bulk flush writes those whose wait is
-    /// over ([`Restate::ChangedBy`]), so restates flow evenly instead of in bursts. Not in
-    /// snapshots: rebuilt (every waiting row due at once) on the first take after a restore.
+    /// The keys of `restated_customers`, each with the view-flush generation it first
+    /// changed in (or was spread to), in that order: a bulk flush writes those whose wait
+    /// is over ([`Restate::ChangedBy`]), so restates flow evenly instead of in bursts. Not
+    /// in snapshots: rebuilt (every waiting row due at once) on the first take after a
+    /// restore.
     #[serde(skip)]
-    restate_queue: std::collections::VecDeque<(u64, i32)>,
+    restate_queue: std::collections::BTreeSet<(u64, i32)>,
     #[serde(skip)]
     restate_queue_built: bool,
     /// Reused for building location keys.
@@ -297,7 +298,7 @@ impl Warehouse {
     pub fn restate_customer(&mut self, row: DimCustomer, generation: u64) {
         let key = row.customer_key;
         if self.restated_customers.insert(key, row).is_none() {
-            self.restate_queue.push_back((generation, key));
+            self.restate_queue.insert((generation, key));
         }
     }
 
@@ -316,11 +317,11 @@ impl Warehouse {
                 return std::mem::take(&mut self.restated_customers).into_values().collect();
             }
             Restate::ChangedBy(generation) => {
-                while let Some(&(g, key)) = self.restate_queue.front() {
+                while let Some(&(g, key)) = self.restate_queue.first() {
                     if g > generation {
                         break;
                     }
-                    self.restate_queue.pop_front();
+                    self.restate_queue.pop_first();
                     rows.extend(self.restated_customers.remove(&key));
                 }
             }

@@ -222,6 +222,10 @@ impl Worker {
         cadence: Cadence,
         (inputs, positions): (Vec<Input>, BTreeMap<TopicPartition, i64>),
     ) -> Self {
+        let mut engine = engine;
+        // A complete flush's restates fall due over about one more dimension interval.
+        let flushes_per_interval = cadence.dimension_every.as_millis() / cadence.flush_every.as_millis().max(1);
+        engine.spread_restates_over(flushes_per_interval as u64);
         Worker {
             engine,
             dlq,
