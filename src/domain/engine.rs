@@ -1285,7 +1285,7 @@ mod memory_tests {
         steps.push(purchase(7, 100));
         let mut engine = Engine::new(ViewConfig::default());
         engine.spread_restates_over(4);
-        let mut take = |engine: &mut Engine, restate| {
+        let take = |engine: &mut Engine, restate| {
             let mut ids: Vec<String> =
                 engine.flush_bulk(restate).dims.customers.into_iter().map(|c| c.customer_id).collect();
             ids.sort();
