@@ -2,7 +2,8 @@
 //! payloads → decode → state, each next to a baseline measured in the same run:
 //! - `baseline_count_sum`: the least any per-customer aggregation must do (a hash map of
 //!   count and sum per user_id over the same decoded events);
-//! - `baseline_json_parse`: serde_json parsing the same payloads into a `Value`.
+//! - `baseline_json_parse`: serde_json parsing the same payloads into a `Value`; `decode`
+//!   (decode and validate, the fingerprint included) is measured against it.
 //!
 //! The stream is the load generator's (200k messages, 20k customers, 1–4 line baskets,
 //! refunds, duplicates, malformed), so the engine also dedups, keeps products, trends and the
@@ -76,6 +77,9 @@ fn benches(c: &mut Criterion) {
                 .filter_map(|m| serde_json::from_slice::<serde_json::Value>(m.payload.as_bytes()).ok())
                 .count()
         })
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| messages.iter().filter_map(|m| decode(m.payload.as_bytes(), Some(m.timestamp)).ok()).count())
     });
     g.bench_function("decode_apply", |b| {
         b.iter(|| {

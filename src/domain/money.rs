@@ -29,8 +29,19 @@ pub fn cents_from_number(x: f64) -> Result<Cents, MoneyError> {
     if !x.is_finite() || x > MAX_AMOUNT {
         return Err(MoneyError::TooLarge);
     }
-    let text = format!("{x}");
-    let (int_part, frac_part) = text.split_once('.').unwrap_or((text.as_str(), ""));
+    // zmij prints the same shortest digits as `Display`, without allocating, but in
+    // exponent form for very small numbers (`1e-7`): those go the long way.
+    let mut buffer = zmij::Buffer::new();
+    let shortest = buffer.format_finite(x);
+    if shortest.contains('e') {
+        return cents_of_decimal(&format!("{x}"));
+    }
+    cents_of_decimal(shortest)
+}
+
+/// Cents of a plain decimal (`12.345`, `7`), rounded half up on its third fraction digit.
+fn cents_of_decimal(text: &str) -> Result<Cents, MoneyError> {
+    let (int_part, frac_part) = text.split_once('.').unwrap_or((text, ""));
     let units: i64 = int_part.parse().map_err(|_| MoneyError::TooLarge)?;
     let digit = |i: usize| frac_part.as_bytes().get(i).map_or(0, |b| i64::from(b - b'0'));
     let mut cents = units * 100 + digit(0) * 10 + digit(1);
@@ -82,5 +93,19 @@ mod tests {
         assert_eq!(per(1000, 3), Some(1000.0 / 3.0 / 100.0));
         assert_eq!(per(5, 0), None);
         assert_eq!(to_units(-250), -2.5);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_shortest_digits_round_as_display_prints_them(bits: u64, small in 0.0f64..1e-3, cents in 0u64..100_000_000) {
+            let display = |x: f64| cents_of_decimal(&format!("{x}"));
+            let any = f64::from_bits(bits).abs();
+            if any.is_finite() && any <= MAX_AMOUNT {
+                proptest::prop_assert_eq!(cents_from_number(any), display(any));
+            }
+            proptest::prop_assert_eq!(cents_from_number(small), display(small));
+            let literal = cents as f64 / 1000.0;
+            proptest::prop_assert_eq!(cents_from_number(literal), display(literal));
+        }
     }
 }
