@@ -20,6 +20,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use loadtest::{GenConfig, Generator};
 use martstream::domain::{decode, Decoded, Engine, ViewConfig};
 
+/// The service's allocator (see `src/main.rs`), so the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const MESSAGES: usize = 200_000;
 
 fn stream() -> Vec<loadtest::Message> {

@@ -24,6 +24,10 @@ use martstream::domain::{Decoded, Engine, EventKind, LineItem, Location, Transac
 use martstream::snapshot::format::{encode, SnapshotMeta};
 use martstream::snapshot::SnapshotStore;
 
+/// The service's allocator (see `src/main.rs`), so the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn events(customers: usize) -> Vec<Decoded> {
     let start: DateTime<Utc> = "2026-08-01T00:00:00Z".parse().unwrap();
     let n = customers + customers / 5;

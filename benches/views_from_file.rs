@@ -9,6 +9,10 @@ use std::time::Instant;
 
 use martstream::domain::{decode, Engine, ViewConfig};
 
+/// The service's allocator (see `src/main.rs`), so the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let path = std::env::args().skip(1).find(|a| !a.starts_with('-')).expect("a JSON-lines file");
     let started = Instant::now();
