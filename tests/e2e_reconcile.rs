@@ -160,6 +160,12 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_every_view_and_fact_
     s.extra.extend(["--set".into(), format!("views.trends.daily_days={DAILY_DAYS}")]);
     s.produce(&kafka).await;
     let r = start_service(&s, port, kafka.len()).await;
+    // A cut reads the state as the last views flush left it (the daily series trimmed to
+    // its 10 days, the product window): wait until a flush with every event is written.
+    let applied = recompute::applied(&kafka);
+    let stream_trends = recompute::trends_with(&applied, recompute::event_clock(&applied), DAILY_DAYS);
+    let flushed = || async { recompute::trends_diff(&s.collection("sales_trends").await, &stream_trends).is_ok() };
+    assert!(eventually(Duration::from_secs(30), flushed).await, "the views never showed every event");
 
     // The cut: the 18th day, inside what the state can cut (3 days before its newest event).
     let cutoff = (start + chrono::Duration::days(18)).date_naive().to_string();
