@@ -3,7 +3,8 @@
 //!
 //! - [`money`]: integer cents and the SPEC's rounding.
 //! - [`event`]: a decoded, valid transaction.
-//! - [`decode`]: bytes → [`event::Transaction`] or a dead-letter [`decode::Rejection`].
+//! - [`decode`]: bytes → [`event::Transaction`] or a dead-letter [`decode::Rejection`], in one
+//!   pass over the JSON without a DOM (`decode::scan`), the fingerprint computed as it goes.
 //! - [`dedup`]: which `transaction_id`s were applied, within the dedup horizon.
 //! - [`ranked`]: the order-statistic set behind tie-aware quintiles.
 //! - [`calendar`]: day numbers, ISO weeks, months, date and time keys.
