@@ -147,6 +147,8 @@ pub(crate) trait Shape<'de>: Sized {
     }
     /// A scalar, or an array or object by kind.
     fn other(v: Val<'de>) -> Self;
+    /// Whether the value read was `null` (a member the fingerprint leaves out).
+    fn is_null(&self) -> bool;
 }
 
 /// A seed and visitor reading one value into the shape `S`, with its fingerprint.
@@ -218,12 +220,16 @@ impl<'de, S: Shape<'de>> Visitor<'de> for Walk<S> {
 /// Any value: scalars kept, arrays and objects only hashed.
 impl<'de> Shape<'de> for Val<'de> {
     fn object<A: MapAccess<'de>>(map: A) -> Result<(Self, u64), A::Error> {
-        let h = read_object(map, |_, map| map.next_value_seed(Walk::<Val>::new()).map(|(v, h)| (h, v == Val::Null)))?;
+        let h = read_object(map, |_, map| read_into(&mut Val::Null, map))?;
         Ok((Val::Object, h))
     }
 
     fn other(v: Val<'de>) -> Self {
         v
+    }
+
+    fn is_null(&self) -> bool {
+        *self == Val::Null
     }
 }
 
@@ -298,7 +304,7 @@ impl<'de, T: Fields<'de>> Shape<'de> for Obj<T> {
         let mut fields = T::default();
         let h = read_object(map, |key, map| match fields.read(key, map)? {
             Some(read) => Ok(read),
-            None => map.next_value_seed(Walk::<Val>::new()).map(|(v, h)| (h, v == Val::Null)),
+            None => read_into(&mut Val::Null, map),
         })?;
         Ok((Obj::Is(fields), h))
     }
@@ -309,31 +315,24 @@ impl<'de, T: Fields<'de>> Shape<'de> for Obj<T> {
             _ => Obj::Not,
         }
     }
+
+    fn is_null(&self) -> bool {
+        matches!(self, Obj::Null)
+    }
 }
 
-/// Reads a member into `slot` (the last of repeated keys wins).
-fn read_into<'de, A: MapAccess<'de>, S: Shape<'de>>(
-    slot: &mut S,
-    map: &mut A,
-    is_null: fn(&S) -> bool,
-) -> Result<(u64, bool), A::Error> {
+/// Reads a member's value into `slot` (the last of repeated keys wins): its fingerprint, and
+/// whether it was `null`.
+fn read_into<'de, A: MapAccess<'de>, S: Shape<'de>>(slot: &mut S, map: &mut A) -> Result<(u64, bool), A::Error> {
     let (v, h) = map.next_value_seed(Walk::<S>::new())?;
-    let null = is_null(&v);
+    let null = v.is_null();
     *slot = v;
     Ok((h, null))
 }
 
-fn val_is_null(v: &Val<'_>) -> bool {
-    *v == Val::Null
-}
-
-fn obj_is_null<T>(v: &Obj<T>) -> bool {
-    matches!(v, Obj::Null)
-}
-
 /// Declares a struct of `Val` members named as in the JSON, and how to read it.
 macro_rules! fields {
-    ($(#[$m:meta])* $name:ident { $($field:ident),* $(,)? } $(, $extra:ident : $ty:ty => $is_null:expr)*) => {
+    ($(#[$m:meta])* $name:ident { $($field:ident),* $(,)? } $(, $extra:ident : $ty:ty)*) => {
         $(#[$m])*
         #[derive(Debug, Default)]
         pub(crate) struct $name<'a> {
@@ -344,8 +343,8 @@ macro_rules! fields {
         impl<'de> Fields<'de> for $name<'de> {
             fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<Option<(u64, bool)>, A::Error> {
                 Ok(Some(match key {
-                    $(stringify!($field) => read_into(&mut self.$field, map, val_is_null)?,)*
-                    $(stringify!($extra) => read_into(&mut self.$extra, map, $is_null)?,)*
+                    $(stringify!($field) => read_into(&mut self.$field, map)?,)*
+                    $(stringify!($extra) => read_into(&mut self.$extra, map)?,)*
                     _ => return Ok(None),
                 }))
             }
@@ -364,8 +363,8 @@ fields!(
         total_amount,
         payment_method,
     },
-    items: Items => items_is_null,
-    location: Obj<RawLocation<'a>> => obj_is_null
+    items: Items,
+    location: Obj<RawLocation<'a>>
 );
 
 fields!(
@@ -385,10 +384,6 @@ pub(crate) enum Items {
     Null,
     Lines(Lines),
     Not,
-}
-
-fn items_is_null(v: &Items) -> bool {
-    matches!(v, Items::Null)
 }
 
 impl<'de> Shape<'de> for Items {
@@ -423,6 +418,10 @@ impl<'de> Shape<'de> for Items {
             Val::Null => Items::Null,
             _ => Items::Not,
         }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self, Items::Null)
     }
 }
 
