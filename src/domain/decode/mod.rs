@@ -4,9 +4,8 @@
 //! (used to tell an identical resend from a conflicting one), or is rejected with one of the
 //! SPEC's dead-letter reasons. Checks run in field order, so one message has one reason.
 
-use std::fmt;
-
 use std::borrow::Cow;
+use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
