@@ -163,7 +163,8 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_every_view_and_fact_
     // A cut reads the state as the last views flush left it (the daily series trimmed to
     // its 10 days, the product window): wait until a flush with every event is written.
     let applied = recompute::applied(&kafka);
-    let stream_trends = recompute::trends_with(&applied, recompute::event_clock(&applied), DAILY_DAYS);
+    let as_of = recompute::event_clock(&applied);
+    let stream_trends = recompute::trends_with(&applied, as_of, DAILY_DAYS);
     let flushed = || async { recompute::trends_diff(&s.collection("sales_trends").await, &stream_trends).is_ok() };
     assert!(eventually(Duration::from_secs(30), flushed).await, "the views never showed every event");
 
@@ -202,11 +203,10 @@ async fn injected_drift_is_counted_exactly_and_repair_makes_every_view_and_fact_
     assert_eq!(repaired["outcome"], "repaired");
     assert_eq!(repaired["changes_total"], repaired["mismatches_total"]);
     let truth = pg_events(&pg).await;
-    let as_of = recompute::event_clock(&recompute::applied(&kafka));
     let (rfm, trends) = (recompute::rfm(&truth, as_of, false), recompute::trends_with(&truth, as_of, DAILY_DAYS));
     // The same transactions with their lines: the stream's events PostgreSQL holds (with its
     // amounts), and those only PostgreSQL holds (it does not record where a sale happened).
-    let mut lines: Vec<Value> = recompute::applied(&kafka)
+    let mut lines: Vec<Value> = applied
         .into_iter()
         .filter(|e| !injected.missing_in_postgres.contains(e["transaction_id"].as_str().unwrap()))
         .collect();
