@@ -531,3 +531,47 @@ async fn views_stay_current_while_facts_are_refused_and_facts_catch_up_after() {
     assert!(eventually(Duration::from_secs(15), ready).await, "not ready again:\n{}", service_log());
     drop(service);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn customers_rescored_by_one_update_in_mongodb_equal_the_recompute() {
+    // Every boundary move rescored by a filtered update (the threshold at its least): the
+    // pipeline MongoDB runs must give each customer what a batch recompute gives.
+    let mut s = Scenario::new("e2e_rescore");
+    let port = free_port();
+    s.extra = ["--set", &format!("service.http_listen=127.0.0.1:{port}"), "--set", "service.rescore_min_customers=1"]
+        .map(String::from)
+        .to_vec();
+    s.create_topics();
+    let messages: Vec<_> =
+        Generator::new(GenConfig { seed: 11, events: 3000, customers: 250, ..GenConfig::default() }).collect();
+    let (service, log) = s.spawn_run();
+    let chunks = 6;
+    let per = messages.len().div_ceil(chunks);
+    for produced in (1..=chunks).map(|i| (i * per).min(messages.len())) {
+        s.produce(&messages[produced - per.min(produced)..produced]).await;
+        let applied = recompute::applied(&messages[..produced]);
+        let expected = recompute::rfm(&applied, recompute::event_clock(&applied), false);
+        let last_error = std::sync::Mutex::new(String::new());
+        let converged = eventually(Duration::from_secs(30), || async {
+            let docs = s.collection("customer_rfm_analysis").await;
+            let diff = recompute::rfm_diff(&docs, &expected, None).and_then(|()| {
+                // The pipeline keeps the scores' type (Int32), as a document replacement does.
+                match docs.iter().find(|d| d.get_i32("r_score").is_err() || d.get_i32("m_score").is_err()) {
+                    Some(d) => Err(format!("a score is not an Int32: {d}")),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = &diff {
+                *last_error.lock().unwrap() = e.clone();
+            }
+            diff.is_ok()
+        })
+        .await;
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(converged, "after {produced} messages: {}\nservice log:\n{tail}", last_error.lock().unwrap());
+    }
+    let (_, text) = get(&format!("http://127.0.0.1:{port}/metrics")).await.expect("metrics");
+    let rescores = metric(&text, "martstream_rfm_rescores_total").unwrap_or(0.0);
+    assert!(rescores > 0.0, "no flush rescored by an update, so this test proved nothing:\n{text}");
+    drop(service);
+}
