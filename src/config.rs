@@ -252,12 +252,6 @@ pub struct ServiceConfig {
     /// product passed them) are written at most this often, each once with its rank then; a
     /// product's own change is written at the next view flush with its current rank.
     pub rank_interval_ms: u64,
-    /// customer_rfm_analysis: when a quintile boundary moves, every customer whose value
-    /// lies between its old and new place changes score (a whole tie group, tens of
-    /// thousands at once). When a view flush has at least this many such customers (and at
-    /// least a 64th of all), they are rewritten by one filtered update in which MongoDB
-    /// recomputes their scores and segment, instead of a document each. 0: always documents.
-    pub rescore_min_customers: usize,
     /// Address of /metrics, /healthz and /readyz; empty to serve none.
     pub http_listen: String,
     /// When set, every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise);
@@ -288,7 +282,6 @@ impl Default for ServiceConfig {
             flush_interval_ms: 200,
             dimension_interval_ms: 30000,
             rank_interval_ms: 5000,
-            rescore_min_customers: 1000,
             http_listen: "127.0.0.1:9464".into(),
             api_token: String::new(),
             allow_unauthenticated: false,

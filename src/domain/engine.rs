@@ -15,7 +15,7 @@ use super::reconcile::{
     customer_json, day_json, day_start_us, period_key, product_day_json, AfterCut, CustomerFigures, Cut, CutError,
     FactFix, Fixes, OpenEvents, RepairChange,
 };
-use super::rfm::{Customer, DimRow, Rescore, RfmConfig, RfmDoc, RfmFlush, RfmState};
+use super::rfm::{Customer, DimRow, RfmConfig, RfmDoc, RfmState};
 use super::session::{Session, SessionFact};
 use super::trends::{Granularity, TrendChanges, TrendConfig, TrendState};
 use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Restate, Warehouse};
@@ -58,9 +58,6 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ViewChanges {
     pub rfm: Vec<RfmDoc>,
-    /// The customers whose scores changed only because boundaries moved, when they were
-    /// many: one description instead of their documents (see [`Rescore`]).
-    pub rfm_rescore: Option<Rescore>,
     /// Customers whose `customer_rfm_analysis` document goes away (a repair took their
     /// last purchase).
     pub rfm_deletes: Vec<String>,
@@ -86,7 +83,6 @@ impl ViewChanges {
             && self.sessions.is_empty()
             && self.dims.is_empty()
             && self.rfm.is_empty()
-            && self.rfm_rescore.is_none()
             && self.rfm_deletes.is_empty()
             && self.products.upserts.is_empty()
             && self.products.deletes.is_empty()
@@ -139,11 +135,6 @@ impl Engine {
     /// per customer. A row that really changed keeps its own flush's generation.
     pub fn spread_restates_over(&mut self, generations: u64) {
         self.restate_spread = generations.max(1);
-    }
-
-    /// See [`RfmState::rescore_movers_from`].
-    pub fn rescore_movers_from(&mut self, movers: usize) {
-        self.rfm.rescore_movers_from(movers);
     }
 
     /// The largest event time among applied events: `as_of` under `clock = "event"`.
@@ -259,13 +250,12 @@ impl Engine {
     /// [`ProductState::flush_ranks`]): the caller decides how often ripples are written.
     pub fn flush_views_ranks(&mut self, as_of: DateTime<Utc>, full: bool, ranks: bool) -> ViewChanges {
         self.views_generation += 1;
-        let RfmFlush { docs: rfm, rescore: rfm_rescore, rescored_dims } = self.rfm.flush(as_of, full);
+        let rfm = self.rfm.flush(as_of, full);
         let products = self.products.flush_ranks(as_of, full, ranks);
         let trends = self.trends.flush(as_of, full);
         let spread = self.restate_spread.max(1);
         let mut converging = 0;
-        let rescored = rescored_dims.iter().map(|d| (d, DimRow::Changed));
-        for (d, dim) in rfm.iter().map(|(d, dim)| (d, *dim)).chain(rescored) {
+        for (d, dim) in &rfm {
             let generation = match dim {
                 DimRow::Unchanged => continue,
                 DimRow::Changed => self.views_generation,
@@ -298,7 +288,7 @@ impl Engine {
             }
         }
         let rfm = rfm.into_iter().map(|(d, _)| d).collect();
-        ViewChanges { rfm, rfm_rescore, rfm_deletes, products, trends, complete: full, ..ViewChanges::default() }
+        ViewChanges { rfm, rfm_deletes, products, trends, complete: full, ..ViewChanges::default() }
     }
 
     /// The bulk lane: new facts and sessions, and the dimension rows of new keys (so that
@@ -543,19 +533,8 @@ mod tests {
 
     impl Views {
         fn apply(&mut self, c: ViewChanges) {
-            if let Some(r) = &c.rfm_rescore {
-                // Written in any order with the flush's own documents: those are as it makes them.
-                for d in c.rfm.iter().filter(|d| r.covers(d)) {
-                    let mut again = d.clone();
-                    r.apply(&mut again);
-                    assert_eq!(&again, d, "a rescore disagrees with its flush's own document");
-                }
-            }
             for d in c.rfm {
                 self.rfm.insert(d.customer_id.clone(), d);
-            }
-            if let Some(r) = c.rfm_rescore {
-                self.rfm.values_mut().filter(|d| r.covers(d)).for_each(|d| r.apply(d));
             }
             for id in c.rfm_deletes {
                 self.rfm.remove(&id);
@@ -607,8 +586,6 @@ mod tests {
         monotone: bool,
     ) -> (Views, Vec<Transaction>, Vec<Session>, DateTime<Utc>) {
         let mut engine = Engine::new(config.clone());
-        // Boundary movers as documents, or as a rescore from 1 or 3 of them.
-        engine.rescore_movers_from([0, 1, 3][arrivals.len() % 3]);
         let mut views = Views::default();
         let mut accepted = Vec::new();
         let mut sessions = Vec::new();

@@ -108,7 +108,10 @@ impl Default for RfmConfig {
 impl RfmConfig {
     /// The segment of a score triple.
     pub fn segment(&self, scores: [u8; 3]) -> &str {
-        segment_of(&self.segments, &self.fallback_segment, scores)
+        self.segments
+            .iter()
+            .find(|rule| rule.matches(scores))
+            .map_or(self.fallback_segment.as_str(), |rule| rule.name.as_str())
     }
 
     /// Scores under `scoring = "bins"`.
@@ -119,11 +122,6 @@ impl RfmConfig {
         let m = e.monetary.iter().filter(|&&edge| (edge * 100.0).round() as i64 <= monetary).count().max(1) as u8;
         [r.max(1), f, m]
     }
-}
-
-/// The first rule of `rules` that matches, else `fallback`.
-fn segment_of<'a>(rules: &'a [SegmentRule], fallback: &'a str, scores: [u8; 3]) -> &'a str {
-    rules.iter().find(|rule| rule.matches(scores)).map_or(fallback, |rule| rule.name.as_str())
 }
 
 /// `1 + floor(5·smaller/n)`: the quintile score of a value with `smaller` values below it.
@@ -155,66 +153,6 @@ impl RfmDoc {
     pub fn avg_order_value(&self) -> Option<f64> {
         super::money::per(self.monetary_cents, self.frequency)
     }
-}
-
-/// The customers whose scores changed only because quintile boundaries moved, described
-/// once instead of as a document each (see [`RfmState::rescore_movers_from`]): every
-/// document whose value lies in one of the ranges takes the scores of the current
-/// boundaries, the score string and segment that follow, and `analysis_date = as_of`; its
-/// other fields are unchanged. A sink applies it to the documents it holds (MongoDB: one
-/// filtered update). A customer whose own document goes in the same flush gets the same
-/// figures from either, so the two may be written in any order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rescore {
-    /// Value ranges `(low, high]` (`high = i64::MAX`: no upper end) of purchases, of
-    /// monetary cents and of the day (days since 1970-01-01) of the last purchase.
-    pub frequency: Vec<(i64, i64)>,
-    pub monetary: Vec<(Cents, Cents)>,
-    pub last_day: Vec<(i64, i64)>,
-    /// The boundaries now, F, M (cents) and R (day of the last purchase, clamped to the date
-    /// of `as_of`): a value scores `1 + #{b : value > b}` (`i64::MAX`: no boundary).
-    pub bounds: [[i64; 4]; 3],
-    pub as_of: DateTime<Utc>,
-    /// The date of `as_of`, in days since 1970-01-01.
-    pub as_of_day: i64,
-    pub segments: Vec<SegmentRule>,
-    pub fallback_segment: String,
-}
-
-impl Rescore {
-    /// Whether `d` is one of the documents it rewrites.
-    pub fn covers(&self, d: &RfmDoc) -> bool {
-        let within = |ranges: &[(i64, i64)], v: i64| ranges.iter().any(|&(low, high)| low < v && v <= high);
-        within(&self.frequency, d.frequency)
-            || within(&self.monetary, d.monetary_cents)
-            || within(&self.last_day, i64::from(epoch_day(d.last_purchase_at.date_naive())))
-    }
-
-    /// `[r, f, m]` of `d` under the current boundaries.
-    pub fn scores(&self, d: &RfmDoc) -> [u8; 3] {
-        let [f, m, r] = &self.bounds;
-        let last_day = i64::from(epoch_day(d.last_purchase_at.date_naive()));
-        [score(last_day.min(self.as_of_day), r), score(d.frequency, f), score(d.monetary_cents, m)]
-    }
-
-    /// Rewrites `d` as the sink would (whether it [`Rescore::covers`] it is the caller's).
-    pub fn apply(&self, d: &mut RfmDoc) {
-        let scores = self.scores(d);
-        [d.r_score, d.f_score, d.m_score] = scores;
-        d.rfm_segment = segment_of(&self.segments, &self.fallback_segment, scores).to_owned();
-        d.analysis_date = self.as_of;
-    }
-}
-
-/// What an RFM flush emits: the documents that changed, each with what becomes of its
-/// customer's dim_customer row, or part of them as one [`Rescore`].
-#[derive(Debug, Default)]
-pub struct RfmFlush {
-    pub docs: Vec<(RfmDoc, DimRow)>,
-    pub rescore: Option<Rescore>,
-    /// Customers the rescore covers whose dim_customer row changes (their segment did):
-    /// their documents as the rescore makes them, for the row. Not to be written.
-    pub rescored_dims: Vec<RfmDoc>,
 }
 
 /// What the state holds for one customer.
@@ -276,9 +214,6 @@ pub struct RfmState {
     last_flush: Option<FlushMark>,
     /// Customers whose document a flush removed, until the engine takes them.
     removed: Vec<String>,
-    /// Boundary movers per flush from which they go as one [`Rescore`]; 0: never.
-    #[serde(skip)]
-    rescore_from: usize,
 }
 
 /// What an RFM flush means for the customer's dim_customer row.
@@ -303,16 +238,7 @@ impl RfmState {
             ranks,
             last_flush: None,
             removed: Vec::new(),
-            rescore_from: 0,
         }
-    }
-
-    /// When a flush finds at least `movers` customers (besides those with events of their
-    /// own), and at least a 64th of all, whose scores changed only because a quintile boundary
-    /// moved (a tie group of tens of thousands crosses one at a time), it describes them as
-    /// one [`Rescore`] instead of a document each. 0: always documents.
-    pub fn rescore_movers_from(&mut self, movers: usize) {
-        self.rescore_from = movers;
     }
 
     pub fn config(&self) -> &RfmConfig {
@@ -462,46 +388,27 @@ impl RfmState {
     /// document. Afterwards nothing is dirty. Each is paired with what becomes of the
     /// customer's dim_customer row (segment, lifetime value): a customer whose scores moved
     /// only because the boundaries did, within the same segment, keeps its row.
-    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> RfmFlush {
+    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, DimRow)> {
         let as_of_day = i64::from(epoch_day(as_of.date_naive()));
         let dirty = std::mem::take(&mut self.dirty);
         self.sync_ranks(&dirty);
         let bounds = self.ranks.as_ref().map(|r| r.bounds(as_of_day));
 
         let everyone = full || self.last_flush.is_none_or(|m| m.as_of_day != as_of_day);
-        let mut rescore = None;
         let candidates: Vec<u32> = if everyone {
             (0..self.customers.len() as u32).collect()
         } else {
             let mut c = dirty;
             if let (Some(ranks), Some(old), Some(new)) = (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds) {
-                let own = c.len();
-                let ranges = moved_ranges(&old, &new, as_of_day);
-                ranks.movers(&ranges, &mut c);
+                ranks.movers(&old, &new, as_of_day, &mut c);
                 c.sort_unstable();
                 c.dedup();
-                // The sink finds them by a scan of every document: worth it from a 64th on.
-                let worth = self.rescore_from.max(self.customers.len() / 64);
-                if self.rescore_from > 0 && c.len().saturating_sub(own) >= worth {
-                    let [frequency, monetary, last_day] = ranges;
-                    rescore = Some(Rescore {
-                        frequency,
-                        monetary,
-                        last_day,
-                        bounds: new,
-                        as_of,
-                        as_of_day,
-                        segments: self.config.segments.clone(),
-                        fallback_segment: self.config.fallback_segment.clone(),
-                    });
-                }
             }
             c
         };
 
         let n = self.ranks.as_ref().map_or(0, |r| r.frequency.len());
         let mut docs = Vec::with_capacity(candidates.len());
-        let mut rescored_dims = Vec::new();
         for idx in candidates {
             let (id, c) = self.customers.get_index_mut(idx as usize).expect("customer index");
             let was_dirty = std::mem::replace(&mut c.dirty, false);
@@ -533,17 +440,10 @@ impl RfmState {
                     DimRow::Unchanged
                 };
             c.emitted = scores;
-            if rescore.is_some() && !was_dirty {
-                // A mover: the rescore rewrites its document.
-                if dim == DimRow::Changed {
-                    rescored_dims.push(document(&self.config, id, c, (recency, scores), as_of));
-                }
-                continue;
-            }
             docs.push((document(&self.config, id, c, (recency, scores), as_of), dim));
         }
         self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
-        RfmFlush { docs, rescore, rescored_dims }
+        docs
     }
 
     /// Moves the dirty customers' keys in the rank indexes to their current values.
@@ -627,33 +527,21 @@ impl RankIndexes {
         [of(&self.frequency), of(&self.monetary), r]
     }
 
-    /// Adds the customers whose value lies in `ranges` (F, M, R: see [`moved_ranges`]).
-    fn movers(&self, ranges: &[Vec<(i64, i64)>; 3], out: &mut Vec<u32>) {
-        for (set, ranges) in [&self.frequency, &self.monetary, &self.last_day].into_iter().zip(ranges) {
-            for &(low, high) in ranges {
+    /// Adds the customers whose score changed because a boundary moved (same `as_of` date).
+    fn movers(&self, old: &[Bounds; 3], new: &[Bounds; 3], as_of_day: i64, out: &mut Vec<u32>) {
+        let dims = [(&self.frequency, false), (&self.monetary, false), (&self.last_day, true)];
+        for ((set, clamped), (old_b, new_b)) in dims.into_iter().zip(old.iter().zip(new)) {
+            for (&o, &n) in old_b.iter().zip(new_b) {
+                if o == n {
+                    continue;
+                }
+                let low = o.min(n);
+                // A clamped boundary at the as_of date stands for every later date too.
+                let high = if clamped && o.max(n) >= as_of_day { i64::MAX } else { o.max(n) };
                 out.extend(set.range_after((low, u32::MAX), (high, u32::MAX)).map(|k| k.1));
             }
         }
     }
-}
-
-/// Per dimension (F, M, R), the value ranges `(low, high]` between each old and new
-/// boundary: the values whose score changed when the boundaries did (same `as_of` date).
-fn moved_ranges(old: &[Bounds; 3], new: &[Bounds; 3], as_of_day: i64) -> [Vec<(i64, i64)>; 3] {
-    let mut out: [Vec<(i64, i64)>; 3] = Default::default();
-    for (dim, (old_b, new_b)) in old.iter().zip(new).enumerate() {
-        let clamped = dim == 2;
-        for (&o, &n) in old_b.iter().zip(new_b) {
-            if o == n {
-                continue;
-            }
-            let low = o.min(n);
-            // A clamped boundary at the as_of date stands for every later date too.
-            let high = if clamped && o.max(n) >= as_of_day { i64::MAX } else { o.max(n) };
-            out[dim].push((low, high));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

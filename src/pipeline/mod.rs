@@ -147,8 +147,6 @@ pub struct Cadence {
     pub dimension_every: Duration,
     /// product_performance rank-only rewrites are written at most this often.
     pub rank_every: Duration,
-    /// Boundary movers from which customer_rfm_analysis is rescored by one update (0: never).
-    pub rescore_min_customers: usize,
     pub backoff: Backoff,
     /// Consumption pauses while more facts than this wait for MongoDB.
     pub max_pending_facts: usize,
@@ -228,7 +226,6 @@ impl Worker {
         // A complete flush's restates fall due over about one more dimension interval.
         let flushes_per_interval = cadence.dimension_every.as_millis() / cadence.flush_every.as_millis().max(1);
         engine.spread_restates_over(flushes_per_interval as u64);
-        engine.rescore_movers_from(cadence.rescore_min_customers);
         Worker {
             engine,
             dlq,

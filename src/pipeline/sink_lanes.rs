@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::Backoff;
 use crate::checkpoint::Mark;
@@ -303,21 +303,11 @@ impl Writer {
                         };
                         match written {
                             Ok(stats) => {
-                                debug!(
-                                    lane,
-                                    seconds = started.elapsed().as_secs_f64(),
-                                    events = batch.produced_ms.len(),
-                                    documents = ?stats.per_collection,
-                                    "flush written"
-                                );
                                 self.metrics.flush_duration.with_label_values(&[lane]).observe(started.elapsed().as_secs_f64());
                                 self.metrics.flushes.with_label_values(&[lane, "ok"]).inc();
                                 for (collection, n) in stats.per_collection {
                                     self.metrics.documents_written.with_label_values(&[collection]).inc_by(n as u64);
                                     self.acks.documents.fetch_add(n as u64, Ordering::Release);
-                                }
-                                if batch.changes.rfm_rescore.is_some() {
-                                    self.metrics.rfm_rescores.inc();
                                 }
                                 if batch.changes.complete {
                                     let removed: u64 = stats.stale_removed.iter().map(|(_, n)| n).sum();

@@ -7,14 +7,14 @@
 //! with 200k statements, command encoding included).
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, rawdoc, DateTime as BsonDateTime, Document, RawArrayBuf, RawBson, RawDocumentBuf};
+use mongodb::bson::{doc, rawdoc, DateTime as BsonDateTime, Document, RawBson, RawDocumentBuf};
 
 /// A document's natural `_id` and its whole content (which carries the `_id` too).
 pub type Raw = (RawBson, RawDocumentBuf);
 
 use crate::domain::money::to_units;
 use crate::domain::product::ProductDoc;
-use crate::domain::rfm::{Rescore, RfmDoc};
+use crate::domain::rfm::RfmDoc;
 use crate::domain::trends::TrendDoc;
 use crate::domain::warehouse::{DimCustomer, DimProduct, Fact};
 use crate::domain::Location;
@@ -152,80 +152,6 @@ pub fn rfm(d: &RfmDoc, written_at: DateTime<Utc>) -> Raw {
         "updated_at": date(written_at),
     };
     (id, body)
-}
-
-/// A [`Rescore`] as one `update` statement (`multi`): the filter selects the documents in
-/// its value ranges, and a pipeline recomputes their scores from the documents' own
-/// `frequency`, `monetary` and `last_purchase_at` under the new boundaries, then the score
-/// string and segment from the scores, as [`Rescore::apply`] does. Fields keep their types
-/// (scores Int32) and places.
-pub fn rescore(r: &Rescore, written_at: DateTime<Utc>) -> RawDocumentBuf {
-    // Instants from the start of the day after `day` on: a last purchase on a later day.
-    let after_day = |day: i64| RawBson::DateTime(BsonDateTime::from_millis(day.saturating_add(1) * 86_400_000));
-    let mut ranges = RawArrayBuf::new();
-    // Each range (low, high]; `high = i64::MAX`: no upper end.
-    let mut range = |field: &str, (low, high): (RawBson, Option<RawBson>), [gt, lte]: [&str; 2]| {
-        let mut cond = RawDocumentBuf::new();
-        cond.append(gt, low);
-        if let Some(high) = high {
-            cond.append(lte, high);
-        }
-        let mut clause = RawDocumentBuf::new();
-        clause.append(field, cond);
-        ranges.push(clause);
-    };
-    let upper = |high: i64, f: fn(i64) -> RawBson| (high != i64::MAX).then(|| f(high));
-    let units = |cents: i64| RawBson::Double(to_units(cents));
-    for &(low, high) in &r.frequency {
-        range("frequency", (int(low), upper(high, int)), ["$gt", "$lte"]);
-    }
-    for &(low, high) in &r.monetary {
-        range("monetary", (units(low), upper(high, units)), ["$gt", "$lte"]);
-    }
-    for &(low, high) in &r.last_day {
-        range("last_purchase_at", (after_day(low), upper(high, after_day)), ["$gte", "$lt"]);
-    }
-
-    // 1 + #{b : value > b} as an Int32 expression; `above(b)` is None where no value can be.
-    let score = |bounds: &[i64; 4], above: &dyn Fn(i64) -> Option<RawDocumentBuf>| {
-        let mut terms = RawArrayBuf::new();
-        terms.push(1i32);
-        for above in bounds.iter().filter(|&&b| b != i64::MAX).filter_map(|&b| above(b)) {
-            terms.push(rawdoc! { "$cond": [above, 1i32, 0i32] });
-        }
-        rawdoc! { "$add": terms }
-    };
-    let [fb, mb, rb] = &r.bounds;
-    let f_score = score(fb, &|b| Some(rawdoc! { "$gt": ["$frequency", int(b)] }));
-    let m_score = score(mb, &|b| Some(rawdoc! { "$gt": ["$monetary", units(b)] }));
-    // R ranks min(day of the last purchase, as_of's date): a boundary on or after as_of's
-    // date is never exceeded; one before it is when the last purchase is on a later day.
-    let r_score = score(rb, &|b| (b < r.as_of_day).then(|| rawdoc! { "$gte": ["$last_purchase_at", after_day(b)] }));
-
-    let mut branches = RawArrayBuf::new();
-    for rule in &r.segments {
-        let mut all = RawArrayBuf::new();
-        for (field, [low, high]) in [("$r_score", rule.r), ("$f_score", rule.f), ("$m_score", rule.m)] {
-            all.push(rawdoc! { "$gte": [field, i32::from(low)] });
-            all.push(rawdoc! { "$lte": [field, i32::from(high)] });
-        }
-        branches.push(rawdoc! { "case": { "$and": all }, "then": rule.name.as_str() });
-    }
-    let mut stages = RawArrayBuf::new();
-    stages.push(rawdoc! { "$set": {
-        "r_score": r_score,
-        "f_score": f_score,
-        "m_score": m_score,
-        "analysis_date": date(r.as_of),
-        "updated_at": date(written_at),
-    } });
-    stages.push(rawdoc! { "$set": {
-        "rfm_score": { "$concat": [
-            { "$toString": "$r_score" }, { "$toString": "$f_score" }, { "$toString": "$m_score" }
-        ] },
-        "rfm_segment": { "$switch": { "branches": branches, "default": r.fallback_segment.as_str() } },
-    } });
-    rawdoc! { "q": { "$or": ranges }, "u": stages, "multi": true }
 }
 
 pub fn opt_string(x: Option<&str>) -> RawBson {

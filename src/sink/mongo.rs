@@ -306,22 +306,17 @@ impl MongoSink {
             changes.products.upserts.iter().map(|d| documents::product(d, written_at)).collect();
         let trends: Vec<documents::Raw> =
             changes.trends.upserts.iter().map(|d| documents::trend(d, written_at)).collect();
-        let rescore: Vec<RawDocumentBuf> =
-            changes.rfm_rescore.iter().map(|r| documents::rescore(r, written_at)).collect();
         let complete = changes.complete;
         let _first = self.views_first.begin();
-        // Each view: its deletes, its documents, then its filtered updates (a rescore).
-        let view = |name: &'static str, deletes: &'a [String], upserts: Vec<documents::Raw>, updates| async move {
-            let n = self.delete(name, deletes).await?
-                + self.upsert(name, upserts).await?
-                + self.update_matching(name, updates).await?;
+        let view = |name: &'static str, deletes: &'a [String], upserts: Vec<documents::Raw>| async move {
+            let n = self.delete(name, deletes).await? + self.upsert(name, upserts).await?;
             let stale = if complete { self.delete_stale(name, written_at).await? } else { 0 };
             Ok::<_, SinkError>(((name, n), (name, stale)))
         };
         let views = futures::future::try_join_all([
-            view(CUSTOMER_RFM, &changes.rfm_deletes, rfm, rescore).boxed(),
-            view(PRODUCT_PERFORMANCE, &changes.products.deletes, products, Vec::new()).boxed(),
-            view(SALES_TRENDS, &changes.trends.deletes, trends, Vec::new()).boxed(),
+            view(CUSTOMER_RFM, &changes.rfm_deletes, rfm).boxed(),
+            view(PRODUCT_PERFORMANCE, &changes.products.deletes, products).boxed(),
+            view(SALES_TRENDS, &changes.trends.deletes, trends).boxed(),
         ])
         .await?;
         let mut stats = WriteStats::default();
@@ -493,22 +488,6 @@ impl MongoSink {
         let statements =
             docs.into_iter().map(|(id, body)| rawdoc! { "q": { "_id": id }, "u": body, "upsert": true }).collect();
         self.write_command(collection, "update", "updates", statements).await
-    }
-
-    /// Runs filtered update statements (`multi`, e.g. a rescore) one at a time; returns how
-    /// many documents they modified.
-    async fn update_matching(&self, collection: &str, statements: Vec<RawDocumentBuf>) -> Result<usize, SinkError> {
-        let fail = |reason: String| SinkError::Write { collection: collection.into(), reason };
-        let mut modified = 0;
-        for statement in statements {
-            let command = rawdoc! {
-                "update": collection, "updates": [statement], "ordered": false, "writeConcern": write_concern()
-            };
-            let reply = self.db.run_raw_command(command).await.map_err(|e| fail(first_line(&e)))?;
-            reply_ok(&reply, false).map_err(fail)?;
-            modified += reply.get_i32("nModified").unwrap_or(0).max(0) as usize;
-        }
-        Ok(modified)
     }
 
     /// Inserts facts (documents with an `_id`). A fact never changes once written, so one

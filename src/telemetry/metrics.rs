@@ -42,7 +42,6 @@ pub struct Metrics {
     pub sink_pending_flushes: IntGauge,
     pub facts_pending: IntGauge,
     pub stale_documents_removed: IntCounterVec,
-    pub rfm_rescores: IntCounter,
     pub restore_duration: Gauge,
     pub latency: Latency,
     pub facts_latency: Latency,
@@ -225,10 +224,6 @@ impl Metrics {
                 "martstream_stale_documents_removed_total",
                 "View documents MongoDB held that the state does not (an earlier run's), removed when the views converge.",
                 &["collection"],
-            ),
-            rfm_rescores: counter(
-                "martstream_rfm_rescores_total",
-                "View flushes whose customer_rfm_analysis movers (customers rescored only because a quintile boundary moved) went as one filtered update instead of a document each (service.rescore_min_customers).",
             ),
             restore_duration: float_gauge(
                 "martstream_restore_duration_seconds",
