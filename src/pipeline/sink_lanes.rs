@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Backoff;
 use crate::checkpoint::Mark;
@@ -303,6 +303,13 @@ impl Writer {
                         };
                         match written {
                             Ok(stats) => {
+                                debug!(
+                                    lane,
+                                    seconds = started.elapsed().as_secs_f64(),
+                                    events = batch.produced_ms.len(),
+                                    documents = ?stats.per_collection,
+                                    "flush written"
+                                );
                                 self.metrics.flush_duration.with_label_values(&[lane]).observe(started.elapsed().as_secs_f64());
                                 self.metrics.flushes.with_label_values(&[lane, "ok"]).inc();
                                 for (collection, n) in stats.per_collection {
