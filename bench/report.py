@@ -158,6 +158,9 @@ per_collection_rows = "\n".join(
     f"- {c['rate']:,}/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in c["per_collection"].items()) + f" (of {c['DOCS']:,.0f})"
     for c in curve)
 knee_text = f"{knee:,} events/s" if knee else "none of the rates measured"
+held = sorted({env[k] for k in env if k.startswith("CURVE_") and k.endswith("_CUSTOMERS")})
+curve_customers = (", ".join(f"{int(h):,}" for h in held) if held
+                   else "not recorded: runs before the history fix started empty")
 
 
 def line_svg(path, title, series, xs):
@@ -272,9 +275,11 @@ validator and indexes created first, and bare with the indexes built afterwards:
 For each rate, on an empty broker (`scripts/stack reset-kafka`), 100k customers and 2,000
 products: first a bare consumer follows a topic while `loadtest --live` produces at that
 rate for {env.get("CURVE_S", "?")} s (the broker's own delivery, latency = received − message timestamp); then, on a fresh topic and database, a
-state like a running service's: {int(env.get("CURVE_HISTORY", "0")):,} events of history over the 90 days before today, consumed by one
-`martstream run`, which stops (flushing and checkpointing); the measured `martstream run --clock wall` restores
-that snapshot and follows the topic while the same load is produced, live events dated now
+state like a running service's: {int(env.get("CURVE_HISTORY", "0")):,} events of history over the 90 days before today, produced to the
+live topic and consumed by one `martstream run`, which stops (flushing and checkpointing); the topic is then
+trimmed (Kafka DeleteRecords, `trim_topic`: noida-db rewrites its whole data file continuously, so history left
+in it would take the broker a core); the measured `martstream run --clock wall` restores
+that snapshot (customers held at the start: {curve_customers}) and follows the topic while the same load is produced, live events dated now
 (every one lands in today's trends and the product window). Counters are taken from the
 moment the restored service is ready, so the restore's converging flush is not counted. The service's own histograms:
 `martstream_end_to_end_latency_seconds` (event → its analytic views acknowledged by
@@ -363,12 +368,23 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   being written: 2.3 s → 1.8 s on its own. The noida-db broker rewrites its whole data
   file continuously, a core's worth once it holds a few million messages: every latency
   figure here is taken on an empty broker (`scripts/stack reset-kafka`).
-- **Steady load, not a warm-up.** Until this run, step 3's live events were spread over the 90
-  days before now, so two thirds of each measurement's events fell before the 30-day
-  product window: product_performance was nearly idle for 30 s of a 45 s run, then
-  took ~3k writes/s. Live events are now dated now, over a restored history (above): the
-  load every rate sees from its first second. The figures are not comparable with earlier
-  runs of step 3 (0.69–1.43 s at 2,000 events/s), which measured a lighter mix.
+- **The history is really restored now, and the tail is the quintiles'.** Until this
+  run the history went to a topic of its own, and the measured run could not use its
+  snapshot (a snapshot covers the topics it read; the service said so at warn level and
+  started empty): every earlier curve measured a state growing from zero customers. The
+  history now goes to the live topic, which is trimmed before the measured run, and the
+  step fails if the state did not come back. With the ~83k customers restored the views'
+  tail is quintile boundaries crossing tie groups: with 21k customers at one purchase, 21k
+  at two and 16k at three, a boundary that moves rescores a whole group in one flush
+  (flush log at debug: flushes of 17k and 35k documents took ~2 s, where a typical one
+  takes 0.1 s). At 2,000 events/s that took views p99 from 1.12 s (empty start) to
+  2.53 s in a trial. Sending the movers as one filtered update (MongoDB recomputing the
+  scores from each document's own fields) was built, tested exact, and measured worse:
+  7.42 s (one update runs single-threaded in mongod and scans the collection; documents
+  go four batches at a time), so it was reverted.
+- **Steady load, not a warm-up.** Live events are dated now (before, they were spread
+  over the 90 days before now, so two thirds fell before the 30-day product window), over
+  the restored history: the load every rate sees from its first second.
 - **Rank-only rewrites deferred.** With the window populated, every line moved its product
   past a few others in its category: product_performance took ~4 documents per line (at
   500 events/s, 70.7k of 108k documents in a 15 s trial). Documents whose only change is
