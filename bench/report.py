@@ -106,7 +106,8 @@ _, sink_then = sink_rate(env.get("SINK_THEN_INDEX_LINE"))
 replay_docs_s = sink_docs / num("REPLAY_SECONDS") if sink_docs else float("nan")
 restore_md = os.path.join(run, "restore.md")
 restore = open(restore_md).read().strip() if os.path.exists(restore_md) else "| customers |\n|---|"
-restore_rows = [r for r in restore.splitlines()[2:] if r.startswith("|")]
+# The first table (sizes and times); the bench prints the memory by part after a blank line.
+restore_rows = [r for r in restore.split("\n\n")[0].splitlines()[2:] if r.startswith("|")]
 restore_header = [h.strip() for h in restore.splitlines()[0].strip("|").split("|")]
 
 

@@ -112,6 +112,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("| customers | events | snapshot size | snapshot bytes/customer | snapshot (encode+fsync) | capture stall (encode) | clone instead | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up | engine RSS bytes/customer |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut parts = Vec::new();
     for customers in sizes {
         let events = events(customers);
         let rss_before = rss_mib();
@@ -146,6 +147,7 @@ fn main() {
         assert!(skipped.is_empty());
         let restored = found.unwrap().1.engine;
         assert_eq!(restored.rfm().customer_count(), customers);
+        parts.push((customers, restored.bytes_by_part(allocated)));
         println!(
             "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {stall:.3} s | {clone:.3} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× | {:.0} |",
             events.len(),
@@ -156,4 +158,27 @@ fn main() {
         );
         eprintln!("({customers} customers: peak RSS so far {:.0} MiB)", rss_mib());
     }
+    // Where the memory goes: the restored state (no allocator leftovers of the build), each
+    // part's heap bytes per customer.
+    println!();
+    println!("Heap bytes per customer by part of the restored state (jemalloc's allocated bytes, read as each part is dropped):");
+    println!();
+    let sizes: Vec<String> = parts.iter().map(|(c, _)| format!("{c} customers")).collect();
+    println!("| part | {} |", sizes.join(" | "));
+    println!("|---|{}", "---:|".repeat(parts.len()));
+    let Some((_, first)) = parts.first() else { return };
+    let per = |(c, p): &(usize, Vec<(&str, usize)>), i: usize| p[i].1 as f64 / *c as f64;
+    for (i, (name, _)) in first.iter().enumerate() {
+        let cells: Vec<String> = parts.iter().map(|x| format!("{:.0}", per(x, i))).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    let totals: Vec<String> =
+        parts.iter().map(|(c, p)| format!("{:.0}", p.iter().map(|x| x.1).sum::<usize>() as f64 / *c as f64)).collect();
+    println!("| **all** | {} |", totals.join(" | "));
+}
+
+/// jemalloc's count of live heap bytes, current.
+fn allocated() -> usize {
+    tikv_jemalloc_ctl::epoch::advance().unwrap();
+    tikv_jemalloc_ctl::stats::allocated::read().unwrap()
 }

@@ -241,6 +241,11 @@ impl RfmState {
         }
     }
 
+    /// Drops the rank indexes (for [`super::Engine::bytes_by_part`]: the state is dropped next).
+    pub(super) fn drop_ranks(&mut self) {
+        self.ranks = None;
+    }
+
     pub fn config(&self) -> &RfmConfig {
         &self.config
     }
