@@ -167,11 +167,24 @@ pub struct Customer {
     pub first_purchase_at: DateTime<Utc>,
     #[serde(with = "super::calendar::serde_instant")]
     pub last_purchase_at: DateTime<Utc>,
-    /// The keys this customer has in the rank indexes (quintile scoring).
-    ranked: Option<RankKeys>,
+    /// Whether the customer is in the rank indexes (quintile scoring), under the keys of its
+    /// figures as of the last flush: [`Customer::keys`] unless dirty, and then the old keys
+    /// are in [`RfmState::dirty`].
+    ranked: bool,
     /// Scores in the last emitted document; `[0; 3]` before the first.
     emitted: [u8; 3],
     dirty: bool,
+}
+
+impl Customer {
+    /// The rank-index keys of the current figures.
+    fn keys(&self) -> RankKeys {
+        RankKeys {
+            frequency: i64::from(self.frequency),
+            monetary: self.monetary,
+            last_day: i64::from(epoch_day(self.last_purchase_at.date_naive())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -209,7 +222,9 @@ struct FlushMark {
 pub struct RfmState {
     config: RfmConfig,
     customers: super::FastIndexMap<Box<str>, Customer>,
-    dirty: Vec<u32>,
+    /// Customers changed since the last flush, each with the keys it had in the rank
+    /// indexes before (kept here, for the few that changed, not in every customer).
+    dirty: Vec<(u32, Option<RankKeys>)>,
     ranks: Option<RankIndexes>,
     last_flush: Option<FlushMark>,
     /// Customers whose document a flush removed, until the engine takes them.
@@ -303,7 +318,7 @@ impl RfmState {
                     monetary: 0,
                     first_purchase_at: tx.timestamp,
                     last_purchase_at: tx.timestamp,
-                    ranked: None,
+                    ranked: false,
                     emitted: [0; 3],
                     dirty: false,
                 };
@@ -312,6 +327,10 @@ impl RfmState {
         };
         let c = &mut self.customers[idx];
         let idx = idx as u32;
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push((idx, c.ranked.then(|| c.keys())));
+        }
         let prior_last = (c.frequency > 0).then_some(c.last_purchase_at);
         match tx.kind {
             EventKind::Purchase => {
@@ -326,10 +345,6 @@ impl RfmState {
                 c.monetary += tx.total_cents;
             }
             EventKind::Refund => c.monetary -= tx.total_cents,
-        }
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push(idx);
         }
         (idx, prior_last)
     }
@@ -362,7 +377,7 @@ impl RfmState {
                     monetary: 0,
                     first_purchase_at: t,
                     last_purchase_at: t,
-                    ranked: None,
+                    ranked: false,
                     emitted: [0; 3],
                     dirty: false,
                 };
@@ -370,15 +385,15 @@ impl RfmState {
             }
         };
         let c = &mut self.customers[idx];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push((idx as u32, c.ranked.then(|| c.keys())));
+        }
         c.frequency = frequency;
         c.monetary = monetary;
         if let Some((first, last)) = purchases {
             c.first_purchase_at = first;
             c.last_purchase_at = last;
-        }
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push(idx as u32);
         }
         idx as u32
     }
@@ -403,7 +418,7 @@ impl RfmState {
         let candidates: Vec<u32> = if everyone {
             (0..self.customers.len() as u32).collect()
         } else {
-            let mut c = dirty;
+            let mut c: Vec<u32> = dirty.iter().map(|d| d.0).collect();
             if let (Some(ranks), Some(old), Some(new)) = (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds) {
                 ranks.movers(&old, &new, as_of_day, &mut c);
                 c.sort_unstable();
@@ -452,37 +467,27 @@ impl RfmState {
     }
 
     /// Moves the dirty customers' keys in the rank indexes to their current values.
-    fn sync_ranks(&mut self, dirty: &[u32]) {
+    fn sync_ranks(&mut self, dirty: &[(u32, Option<RankKeys>)]) {
         let Some(ranks) = self.ranks.as_mut() else {
             return;
         };
-        for &idx in dirty {
+        for &(idx, old) in dirty {
             let c = &mut self.customers[idx as usize];
-            if c.frequency == 0 {
-                if let Some(old) = c.ranked.take() {
-                    ranks.frequency.remove(&(old.frequency, idx));
-                    ranks.monetary.remove(&(old.monetary, idx));
-                    ranks.last_day.remove(&(old.last_day, idx));
-                }
+            let now = (c.frequency > 0).then(|| c.keys());
+            c.ranked = now.is_some();
+            if old == now {
                 continue;
             }
-            let now = RankKeys {
-                frequency: i64::from(c.frequency),
-                monetary: c.monetary,
-                last_day: i64::from(epoch_day(c.last_purchase_at.date_naive())),
-            };
-            if c.ranked == Some(now) {
-                continue;
-            }
-            if let Some(old) = c.ranked {
+            if let Some(old) = old {
                 ranks.frequency.remove(&(old.frequency, idx));
                 ranks.monetary.remove(&(old.monetary, idx));
                 ranks.last_day.remove(&(old.last_day, idx));
             }
-            ranks.frequency.insert((now.frequency, idx));
-            ranks.monetary.insert((now.monetary, idx));
-            ranks.last_day.insert((now.last_day, idx));
-            c.ranked = Some(now);
+            if let Some(now) = now {
+                ranks.frequency.insert((now.frequency, idx));
+                ranks.monetary.insert((now.monetary, idx));
+                ranks.last_day.insert((now.last_day, idx));
+            }
         }
     }
 }

@@ -14,7 +14,9 @@
 //! is refused with a reason; the store then falls back to an older one. The version changes
 //! whenever the body's shape does (postcard is not self-describing), and whenever the
 //! meaning of what it holds does: version 5 holds the events' fingerprints as the one-pass
-//! decoder computes them (`domain::decode`), which a version-4 snapshot's do not match.
+//! decoder computes them (`domain::decode`), which a version-4 snapshot's do not match;
+//! version 6 keeps a customer's old rank keys only while it is dirty (a flag per customer
+//! instead of its keys).
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -22,7 +24,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::domain::{Engine, ViewConfig};
 
 pub const MAGIC: &[u8; 8] = b"MARTSNAP";
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 const HEADER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
