@@ -419,12 +419,18 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   event's owned strings (about 20 allocations an event). On the live path the engine is
   not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core,
   and the service's ~0.55 core goes to building BSON, the driver and rdkafka.
-- **Memory**: jemalloc holds less than glibc did (about 760–950 B of resident memory per
-  customer against 80 in the snapshot; mimalloc, tried, held 1.8× jemalloc's): the id as
-  a boxed string in an index map, the customer record, three order-statistic trees for
-  the tie-aware quintiles, the dedup entries and the star schema's key maps. The 200-byte
-  goal needs the denser layout issue 15 describes (interned 32-bit handles, one compact
-  record per customer): not done.
+- **Memory**: jemalloc holds less than glibc did (mimalloc, tried, held 1.8× jemalloc's).
+  The resident bytes per customer above are measured while building the state, so they
+  include what the allocator kept of the build (facts flushed, transient buffers): the
+  restored state itself holds about 270–345 heap bytes per customer (the table by part,
+  above). Of those, the RFM customers (the id as a boxed string in an index map and the
+  customer record) are the largest part: the record no longer keeps its rank keys (a
+  changed customer's old keys ride in the dirty list until the flush moves them), 72 → 48
+  bytes, which took that part from 155 to 113 bytes per customer at 100k (snapshot format
+  6). Then the star schema's key maps (a second copy of every customer id), the three
+  order-statistic trees of the tie-aware quintiles (~48 B) and the dedup entries. The
+  200-byte goal needs the rest of issue 15's layout (interned 32-bit handles shared by the
+  RFM state and the star schema, fixed-size dedup hashes): not done.
 
 ## Commands
 
