@@ -140,30 +140,28 @@ impl Engine {
     /// Heap bytes each part of the state holds, for memory reports: the parts are dropped one
     /// at a time and `allocated` (the allocator's count of live bytes) is read after each.
     pub fn bytes_by_part(self, allocated: impl Fn() -> usize) -> Vec<(&'static str, usize)> {
-        let Engine { dedup, session_dedup, rfm, products, trends, warehouse, open, .. } = self;
-        let mut rfm = rfm;
+        let Engine { dedup, session_dedup, mut rfm, products, trends, warehouse, open, .. } = self;
         let mut out = Vec::new();
         let mut before = allocated();
-        let mut gone = |name: &'static str, part: &mut dyn FnMut()| {
-            part();
+        let mut freed = |part: &'static str| {
             let now = allocated();
-            out.push((name, before.saturating_sub(now)));
+            out.push((part, before.saturating_sub(now)));
             before = now;
         };
-        gone("RFM rank indexes (F, M, R)", &mut || rfm.drop_ranks());
-        gone("RFM customers (id, figures, emitted scores)", &mut || {
-            drop(std::mem::replace(&mut rfm, RfmState::new(RfmConfig::default())))
-        });
-        let (mut dedup, mut session_dedup) = (Some(dedup), Some(session_dedup));
-        gone("dedup (transaction ids within the horizon)", &mut || drop((dedup.take(), session_dedup.take())));
-        let mut warehouse = Some(warehouse);
-        gone("star schema keys (customers, products, locations, dates)", &mut || drop(warehouse.take()));
-        let mut products = Some(products);
-        gone("product window", &mut || drop(products.take()));
-        let mut trends = Some(trends);
-        gone("trends", &mut || drop(trends.take()));
-        let mut open = Some(open);
-        gone("open events (reconciliation)", &mut || drop(open.take()));
+        rfm.drop_ranks();
+        freed("RFM rank indexes (F, M, R)");
+        drop(rfm);
+        freed("RFM customers (id, figures, emitted scores)");
+        drop((dedup, session_dedup));
+        freed("dedup (transaction ids within the horizon)");
+        drop(warehouse);
+        freed("star schema keys (customers, products, locations, dates)");
+        drop(products);
+        freed("product window");
+        drop(trends);
+        freed("trends");
+        drop(open);
+        freed("open events (reconciliation)");
         out
     }
 
