@@ -13,7 +13,9 @@
 //!   without snapshots costs at the very least: no Kafka, no JSON).
 //!
 //! Also the engine's memory: resident memory grown while building the state, per customer
-//! (an upper bound: it includes what the allocator kept of the facts already flushed).
+//! (an upper bound: it includes what the allocator kept of the facts already flushed), and
+//! after the sizes a table of the restored state's heap bytes per customer by part (jemalloc's
+//! allocated bytes, read as each part is dropped).
 //!
 //! Run: `cargo bench --bench restore [-- 100000 1000000 5000000]`. Prints a Markdown table.
 
