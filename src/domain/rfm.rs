@@ -177,6 +177,15 @@ pub struct Customer {
 }
 
 impl Customer {
+    /// Notes the customer (index `idx`) as changed since the last flush, with the keys it has
+    /// in the rank indexes. Call before its figures change: those keys are the old figures'.
+    fn mark_dirty(&mut self, idx: u32, dirty: &mut Vec<(u32, Option<RankKeys>)>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push((idx, self.ranked.then(|| self.keys())));
+        }
+    }
+
     /// The rank-index keys of the current figures.
     fn keys(&self) -> RankKeys {
         RankKeys {
@@ -327,10 +336,7 @@ impl RfmState {
         };
         let c = &mut self.customers[idx];
         let idx = idx as u32;
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push((idx, c.ranked.then(|| c.keys())));
-        }
+        c.mark_dirty(idx, &mut self.dirty);
         let prior_last = (c.frequency > 0).then_some(c.last_purchase_at);
         match tx.kind {
             EventKind::Purchase => {
@@ -385,10 +391,7 @@ impl RfmState {
             }
         };
         let c = &mut self.customers[idx];
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push((idx as u32, c.ranked.then(|| c.keys())));
-        }
+        c.mark_dirty(idx as u32, &mut self.dirty);
         c.frequency = frequency;
         c.monetary = monetary;
         if let Some((first, last)) = purchases {
