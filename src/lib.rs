@@ -14,7 +14,8 @@
 //! - [`sink`]: the MongoDB sink: view documents as BSON, idempotent batched upserts, the
 //!   batch design's indexes.
 //! - [`pipeline`]: the loop that wires source → engine → sink, with backpressure and the
-//!   last flush on shutdown; its worker's parts: ingest (decode, apply) in `pipeline`,
+//!   last flush on shutdown; `decode_stage` reads and decodes on a task of its own, in
+//!   order, beside the single-writer engine; the worker's parts: apply in `pipeline`,
 //!   `worker_flush` (what each lane is handed and when, acknowledgements, snapshot
 //!   captures), `worker_dead_letters` (DLQ deliveries confirmed before a snapshot passes
 //!   them); `pipeline::sink_lanes`: the two writers (views every 200 ms, bulk facts and

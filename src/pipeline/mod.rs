@@ -1,6 +1,6 @@
 //! The always-on loop that wires the adapters around the engine:
-//! Kafka message → decode → engine (or dead-letter) → the changed documents → two sink
-//! lanes → MongoDB: the analytic views as soon as their previous flush is acknowledged, the
+//! Kafka message → decode (on a task of its own, [`decode_stage`]) → engine (or
+//! dead-letter) → the changed documents → two sink lanes → MongoDB: the analytic views as soon as their previous flush is acknowledged, the
 //! facts and dimensions as fast as MongoDB takes them (see [`sink_lanes`]).
 //!
 //! While a lane is busy or MongoDB is down (it retries with backoff), consumption goes on
@@ -20,6 +20,7 @@
 //! waited for until then; the snapshot persisted is the newest whose flush MongoDB
 //! acknowledged, so nothing is lost when MongoDB was too slow to take the rest.
 
+mod decode_stage;
 pub mod sink_lanes;
 mod worker_dead_letters;
 mod worker_flush;
@@ -29,20 +30,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::Checkpointer;
-use crate::domain::session::decode_session;
-use crate::domain::{decode, Engine, Outcome, RejectReason, Rejection};
+use crate::domain::{Engine, Outcome, RejectReason, Rejection};
 use crate::health::Health;
 use crate::kafka::dlq::{DeadLetters, SourcePosition};
 use crate::kafka::source::{Source, TopicPartition};
 use crate::query::{self, Mirror};
 use crate::sink::mongo::MongoSink;
 use crate::telemetry::Metrics;
+use decode_stage::{DecodeStage, Event, Ingested};
 use sink_lanes::SinkLanes;
 
 /// The instant the views describe (SPEC §2).
@@ -268,39 +268,32 @@ impl Worker {
         self.engine.warehouse().pending_facts() >= self.cadence.max_pending_facts
     }
 
-    async fn handle(&mut self, m: &BorrowedMessage<'_>, topic: usize) {
+    /// One decoded message; `topics` names the source's topics by index.
+    async fn handle(&mut self, m: Ingested, topics: &[String]) {
         self.metrics.events_consumed.inc();
         self.summary.consumed += 1;
-        let message_ts = m.timestamp().to_millis();
-        tracing::trace!(topic, partition = m.partition(), offset = m.offset(), timestamp = ?m.timestamp(), "message");
-        let at = message_ts.and_then(DateTime::from_timestamp_millis);
-        let payload = m.payload().unwrap_or_default();
-        let lane = lane(m.partition());
-        let (outcome, id) = match self.inputs[topic].kind {
-            InputKind::Transactions => match decode(payload, at) {
-                Err(rejection) => (Err(rejection), String::new()),
-                Ok(event) => {
-                    let outcome = self.engine.apply_on(&event, lane);
-                    if outcome == (Outcome::Applied { orphan_refund: true }) {
-                        self.metrics.refunds_unmatched.inc();
-                    }
-                    if matches!(outcome, Outcome::Applied { .. }) {
-                        self.metrics.events_applied.with_label_values(&[event.tx.kind.as_str()]).inc();
-                    }
-                    (Ok(outcome), event.tx.transaction_id)
+        let lane = lane(m.partition);
+        let (outcome, id) = match m.event {
+            Err(rejection) => (Err(rejection), String::new()),
+            Ok(Event::Transaction(event)) => {
+                let outcome = self.engine.apply_on(&event, lane);
+                if outcome == (Outcome::Applied { orphan_refund: true }) {
+                    self.metrics.refunds_unmatched.inc();
                 }
-            },
-            InputKind::Sessions => match decode_session(payload, at) {
-                Err(rejection) => (Err(rejection), String::new()),
-                Ok(event) => {
-                    let outcome = self.engine.apply_session(&event, lane);
-                    if matches!(outcome, Outcome::Applied { .. }) {
-                        self.metrics.events_applied.with_label_values(&["session"]).inc();
-                    }
-                    (Ok(outcome), event.tx.session_id)
+                if matches!(outcome, Outcome::Applied { .. }) {
+                    self.metrics.events_applied.with_label_values(&[event.tx.kind.as_str()]).inc();
                 }
-            },
+                (Ok(outcome), event.tx.transaction_id)
+            }
+            Ok(Event::Session(event)) => {
+                let outcome = self.engine.apply_session(&event, lane);
+                if matches!(outcome, Outcome::Applied { .. }) {
+                    self.metrics.events_applied.with_label_values(&["session"]).inc();
+                }
+                (Ok(outcome), event.tx.session_id)
+            }
         };
+        let message_ts = m.timestamp_ms;
         let rejection = match outcome {
             Err(rejection) => Some(rejection),
             Ok(Outcome::Applied { .. }) => {
@@ -322,14 +315,14 @@ impl Worker {
         };
         if let Some(rejection) = rejection {
             let from = SourcePosition {
-                topic: m.topic(),
-                partition: m.partition(),
-                offset: m.offset(),
+                topic: &topics[m.topic],
+                partition: m.partition,
+                offset: m.offset,
                 timestamp_ms: message_ts,
             };
             if self.dlq.wanted(&from) {
-                let dlq_topic = self.inputs[topic].dlq_topic.clone();
-                self.dead_letter(&dlq_topic, m.key(), m.payload(), &rejection, &from).await;
+                let dlq_topic = self.inputs[m.topic].dlq_topic.clone();
+                self.dead_letter(&dlq_topic, m.key.as_deref(), m.payload.as_deref(), &rejection, &from).await;
             } else {
                 self.summary.rejected_not_sent += 1;
                 self.metrics.dead_letters_not_sent.with_label_values(&[rejection.reason.as_str()]).inc();
@@ -341,7 +334,7 @@ impl Worker {
                 );
             }
         }
-        self.positions.insert((topic, m.partition()), m.offset() + 1);
+        self.positions.insert((m.topic, m.partition), m.offset + 1);
     }
 
     fn update_gauges(&mut self) {
@@ -418,6 +411,8 @@ impl Pipeline {
     /// `until`, at most `shutdown_timeout` after a shutdown signal.
     pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
         let Pipeline { source, mut worker, queries, control } = self;
+        let source = Arc::new(source);
+        let mut decoded = DecodeStage::spawn(source.clone(), worker.inputs.iter().map(|i| i.kind).collect());
         let mut queries = queries.unwrap_or_else(|| query::channel().1);
         let mut control = control.unwrap_or_else(|| crate::reconcile::channel().1);
         worker.lanes.start(sink, (worker.metrics.clone(), worker.health.clone()), worker.cadence.backoff);
@@ -454,28 +449,20 @@ impl Pipeline {
                         progress.log(&worker.summary, started.elapsed());
                     }
                 }
-                msg = source.consumer.recv(), if !worker.backlogged() => match msg {
-                    Ok(m) => {
-                        match source.topic_index(m.topic()) {
-                            Some(topic) => worker.handle(&m, topic).await,
-                            None => warn!(topic = m.topic(), "message from an unassigned topic ignored"),
-                        }
-                        if let Some(rate) = worker.cadence.max_rate {
-                            // Ahead of the allowed pace: wait it out (in steps of at least 10 ms).
-                            let ahead = worker.summary.consumed as f64 / f64::from(rate) - started.elapsed().as_secs_f64();
-                            if ahead > 0.01 {
-                                tokio::time::sleep(Duration::from_secs_f64(ahead)).await;
-                            }
+                Some(m) = decoded.output.recv(), if !worker.backlogged() => {
+                    worker.handle(m, &source.topics).await;
+                    if let Some(rate) = worker.cadence.max_rate {
+                        // Ahead of the allowed pace: wait it out (in steps of at least 10 ms).
+                        let ahead = worker.summary.consumed as f64 / f64::from(rate) - started.elapsed().as_secs_f64();
+                        if ahead > 0.01 {
+                            tokio::time::sleep(Duration::from_secs_f64(ahead)).await;
                         }
                     }
-                    Err(e) => {
-                        warn!(error = %e, "consumer error; librdkafka retries");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
+                }
             }
         }
 
+        drop(decoded); // stops reading: what it decoded ahead was not applied, nor counted in the positions
         worker.summary.reading = started.elapsed();
         // After a signal the rest is bounded; at the end of a replay it takes what it takes.
         let deadline = shutdown.is_cancelled().then(|| tokio::time::Instant::now() + worker.cadence.shutdown_timeout);
