@@ -5,7 +5,7 @@ computes customer_rfm_analysis (SPEC §3: tie-aware quintiles, segments in SPEC 
 product_performance over the last 30 days (SPEC §4: revenue, units, rank in category) and
 daily sales trends (SPEC §5: count, revenue, 7-day moving average). Prints seconds and sizes.
 
-Usage: python3 duckdb_views.py EVENTS.jsonl
+Usage: python3 duckdb_views.py EVENTS.jsonl [THREADS]   (THREADS: 1 by default; 0 = all cores)
 """
 import sys
 import time
@@ -13,9 +13,12 @@ import time
 import duckdb
 
 path = sys.argv[1]
+threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 started = time.perf_counter()
 con = duckdb.connect()
-con.execute("SET threads = 1")  # one core, like martstream's engine
+if threads > 0:
+    con.execute(f"SET threads = {threads}")  # 1: one core, like martstream's engine
+threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
 con.execute(f"""
 CREATE TABLE raw AS
 SELECT * FROM read_json('{path}', format = 'newline_delimited', ignore_errors = true,
@@ -83,4 +86,4 @@ WITH d AS (
 SELECT *, avg(revenue) OVER (ORDER BY day RANGE BETWEEN INTERVAL 6 DAY PRECEDING AND CURRENT ROW) AS revenue_7day_ma FROM d
 """).fetchall()
 secs = time.perf_counter() - started
-print(f"duckdb_views: {len(rfm)} customers, {len(products)} products, {len(trends)} days in {secs:.3f} s")
+print(f"duckdb_views ({threads} thread{'s' if threads != 1 else ''}): {len(rfm)} customers, {len(products)} products, {len(trends)} days in {secs:.3f} s")

@@ -1,40 +1,92 @@
 //! martstream's side of the DuckDB and PySpark comparisons: the same JSON-lines file, read,
-//! decoded, deduplicated and applied, then every view produced (a full flush), on one core,
-//! no I/O besides reading the file. Prints seconds and the number of customers.
+//! decoded, deduplicated and applied, then every view produced (a full flush), no I/O
+//! besides reading the file. Twice: on one core (read, decode and apply in turn), then as
+//! the service runs (`pipeline::decode_stage`): reading and decoding on a second thread,
+//! in order, feeding the single-writer engine. Prints seconds and sizes for each.
 //!
 //! Run: `cargo bench --bench views_from_file -- FILE`.
 
 use std::io::BufRead;
+use std::sync::mpsc;
 use std::time::Instant;
 
-use martstream::domain::{decode, Engine, ViewConfig};
+use martstream::domain::{decode, Decoded, Engine, ViewConfig};
 
 /// The service's allocator (see `src/main.rs`), so the figures are the service's.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() {
-    let path = std::env::args().skip(1).find(|a| !a.starts_with('-')).expect("a JSON-lines file");
-    let started = Instant::now();
-    let file = std::io::BufReader::new(std::fs::File::open(&path).expect("the file"));
-    let mut engine = Engine::new(ViewConfig::default());
-    let (mut lines, mut applied) = (0u64, 0u64);
-    for line in file.lines() {
-        let line = line.expect("a line");
-        lines += 1;
-        // No message timestamp in a file: the future-timestamp check is off.
-        if let Ok(d) = decode(line.as_bytes(), None) {
-            engine.apply(&d);
-            applied += 1;
-        }
-    }
+/// Decoded events handed over at once, and batches decoded ahead of the engine at most.
+const BATCH: usize = 256;
+const AHEAD: usize = 16;
+
+fn lines(path: &str) -> impl Iterator<Item = String> {
+    let file = std::io::BufReader::new(std::fs::File::open(path).expect("the file"));
+    file.lines().map(|line| line.expect("a line"))
+}
+
+/// No message timestamp in a file: the future-timestamp check is off.
+fn decoded(line: &str) -> Option<Decoded> {
+    decode(line.as_bytes(), None).ok()
+}
+
+fn report(label: &str, started: Instant, engine: &mut Engine, lines: u64, applied: u64) {
     let as_of = engine.watermark().expect("events");
     let views = engine.flush(as_of, true);
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "views_from_file: {lines} lines, {applied} decoded, {} customers, {} products, {} trend periods in {secs:.3} s",
+        "{label}: {lines} lines, {applied} decoded, {} customers, {} products, {} trend periods in {secs:.3} s",
         views.rfm.len(),
         views.products.upserts.len(),
         views.trends.upserts.len()
     );
+}
+
+fn one_core(path: &str) {
+    let started = Instant::now();
+    let mut engine = Engine::new(ViewConfig::default());
+    let (mut read, mut applied) = (0u64, 0u64);
+    for line in lines(path) {
+        read += 1;
+        if let Some(d) = decoded(&line) {
+            engine.apply(&d);
+            applied += 1;
+        }
+    }
+    report("views_from_file", started, &mut engine, read, applied);
+}
+
+fn decode_beside(path: &str) {
+    let started = Instant::now();
+    let (tx, rx) = mpsc::sync_channel::<(u64, Vec<Decoded>)>(AHEAD);
+    let path = path.to_owned();
+    let reader = std::thread::spawn(move || {
+        let (mut read, mut batch) = (0u64, Vec::with_capacity(BATCH));
+        for line in lines(&path) {
+            read += 1;
+            batch.extend(decoded(&line));
+            if batch.len() == BATCH {
+                tx.send((read, std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).expect("the engine");
+                read = 0;
+            }
+        }
+        tx.send((read, batch)).expect("the engine");
+    });
+    let mut engine = Engine::new(ViewConfig::default());
+    let (mut read, mut applied) = (0u64, 0u64);
+    for (n, batch) in rx {
+        read += n;
+        applied += batch.len() as u64;
+        for d in &batch {
+            engine.apply(d);
+        }
+    }
+    reader.join().expect("the reader");
+    report("views_from_file (decode on a second thread)", started, &mut engine, read, applied);
+}
+
+fn main() {
+    let path = std::env::args().skip(1).find(|a| !a.starts_with('-')).expect("a JSON-lines file");
+    one_core(&path);
+    decode_beside(&path);
 }
