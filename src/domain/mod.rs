@@ -14,6 +14,8 @@
 //! - [`session`]: browsing-session summaries (`customer_sessions` topic) and their facts.
 //! - [`warehouse`]: the star schema's facts and dimensions, with stable surrogate keys.
 //! - [`reconcile`]: the state's figures at a cut, their comparison with PostgreSQL's, repairs.
+//! - [`quintiles`]: quintile boundaries from value → count summaries, which the owners of
+//!   different partitions exchange to score against every customer (scale-out).
 //! - [`engine`]: all of the above behind `apply(event)` and `flush(as_of)`.
 //! - [`batch`]: a straightforward full recompute of every view, the oracle the incremental
 //!   engine is tested against (and the baseline it is benchmarked against).
@@ -26,6 +28,7 @@ pub mod engine;
 pub mod event;
 pub mod money;
 pub mod product;
+pub mod quintiles;
 pub mod ranked;
 pub mod reconcile;
 pub mod rfm;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::calendar::epoch_day;
 use super::event::{EventKind, Transaction};
 use super::money::Cents;
+use super::quintiles::{bound_positions, Bounds, CountDelta, Dimension, RfmCounts};
 use super::ranked::RankedSet;
 
 /// How scores are given (SPEC §3).
@@ -212,10 +213,6 @@ struct RankIndexes {
     monetary: RankedSet<RankKey>,
     last_day: RankedSet<RankKey>,
 }
-
-/// Quintile boundaries of one dimension: `[b_2, b_3, b_4, b_5]`; a value scores
-/// `1 + #{b : value > b}`.
-type Bounds = [i64; 4];
 
 /// What the previous flush left: the date of its `as_of` and its boundaries (F, M, R).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -412,10 +409,43 @@ impl RfmState {
     /// customer's dim_customer row (segment, lifetime value): a customer whose scores moved
     /// only because the boundaries did, within the same segment, keeps its row.
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, DimRow)> {
+        self.flush_ranked(as_of, full, None)
+    }
+
+    /// A state holding some of the customers (an input partition's): the changes of its
+    /// value counts since the last call, for [`RfmCounts`] of every customer. The rank
+    /// indexes are brought up to date with them.
+    pub fn publish_counts(&mut self) -> Vec<CountDelta> {
+        let mut deltas = Vec::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        self.sync_ranks(&dirty, Some(&mut deltas));
+        // Still dirty (the flush writes them), now with the keys the indexes hold.
+        self.dirty = dirty
+            .into_iter()
+            .map(|(idx, _)| {
+                let c = &self.customers[idx as usize];
+                (idx, c.ranked.then(|| c.keys()))
+            })
+            .collect();
+        deltas
+    }
+
+    /// [`RfmState::flush`] of a state holding some of the customers, scored against `all`:
+    /// the counts of every customer, this state's published changes included. A state that
+    /// flushes this way must flush this way every time.
+    pub fn flush_with(&mut self, as_of: DateTime<Utc>, full: bool, all: &RfmCounts) -> Vec<(RfmDoc, DimRow)> {
+        self.flush_ranked(as_of, full, Some(all))
+    }
+
+    fn flush_ranked(&mut self, as_of: DateTime<Utc>, full: bool, all: Option<&RfmCounts>) -> Vec<(RfmDoc, DimRow)> {
         let as_of_day = i64::from(epoch_day(as_of.date_naive()));
         let dirty = std::mem::take(&mut self.dirty);
-        self.sync_ranks(&dirty);
-        let bounds = self.ranks.as_ref().map(|r| r.bounds(as_of_day));
+        self.sync_ranks(&dirty, None);
+        let (bounds, n) = match (&self.ranks, all) {
+            (None, _) => (None, 0),
+            (Some(r), None) => (Some(r.bounds(as_of_day)), r.frequency.len()),
+            (Some(_), Some(all)) => (Some(all.bounds(as_of_day)), all.customers() as usize),
+        };
 
         let everyone = full || self.last_flush.is_none_or(|m| m.as_of_day != as_of_day);
         let candidates: Vec<u32> = if everyone {
@@ -430,7 +460,6 @@ impl RfmState {
             c
         };
 
-        let n = self.ranks.as_ref().map_or(0, |r| r.frequency.len());
         let mut docs = Vec::with_capacity(candidates.len());
         for idx in candidates {
             let (id, c) = self.customers.get_index_mut(idx as usize).expect("customer index");
@@ -469,8 +498,9 @@ impl RfmState {
         docs
     }
 
-    /// Moves the dirty customers' keys in the rank indexes to their current values.
-    fn sync_ranks(&mut self, dirty: &[(u32, Option<RankKeys>)]) {
+    /// Moves the dirty customers' keys in the rank indexes to their current values (and
+    /// records the value count changes in `deltas`, when given).
+    fn sync_ranks(&mut self, dirty: &[(u32, Option<RankKeys>)], mut deltas: Option<&mut Vec<CountDelta>>) {
         let Some(ranks) = self.ranks.as_mut() else {
             return;
         };
@@ -490,6 +520,17 @@ impl RfmState {
                 ranks.frequency.insert((now.frequency, idx));
                 ranks.monetary.insert((now.monetary, idx));
                 ranks.last_day.insert((now.last_day, idx));
+            }
+            if let Some(deltas) = deltas.as_deref_mut() {
+                for (keys, delta) in [(old, -1), (now, 1)] {
+                    if let Some(k) = keys {
+                        deltas.extend([
+                            CountDelta { dimension: Dimension::Frequency, value: k.frequency, delta },
+                            CountDelta { dimension: Dimension::Monetary, value: k.monetary, delta },
+                            CountDelta { dimension: Dimension::LastDay, value: k.last_day, delta },
+                        ]);
+                    }
+                }
             }
         }
     }
@@ -526,13 +567,9 @@ impl RankIndexes {
     /// Boundaries of F, M and R (R clamped to the date of `as_of`).
     fn bounds(&self, as_of_day: i64) -> [Bounds; 3] {
         let of = |set: &RankedSet<RankKey>| -> Bounds {
-            let n = set.len();
             let mut b = [i64::MAX; 4];
-            for (i, s) in (2..=5).enumerate() {
-                let t = ((s - 1) * n).div_ceil(5);
-                if t > 0 {
-                    b[i] = set.select(t - 1).map_or(i64::MAX, |k| k.0);
-                }
+            for (slot, position) in bound_positions(set.len()) {
+                b[slot] = set.select(position).map_or(i64::MAX, |k| k.0);
             }
             b
         };
@@ -559,7 +596,12 @@ impl RankIndexes {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
 
     #[test]
     fn quintile_formula_matches_the_spec_sql() {
@@ -594,5 +636,68 @@ mod tests {
         assert_eq!(c.segment([1, 1, 2]), "Lost");
         assert_eq!(c.segment([2, 2, 3]), "Hibernating");
         assert_eq!(c.segment([3, 5, 1]), "Need Attention");
+    }
+
+    /// Customers split over parts (as input partitions split them over instances), each
+    /// part scoring its own against the summed value counts of all: at every flush the
+    /// parts together write exactly the documents one state holding everyone writes.
+    fn parts_write_what_one_state_writes(
+        arrivals: &[Arrival],
+        parts: usize,
+        final_hours: i16,
+    ) -> Result<(), TestCaseError> {
+        let config = RfmConfig::default();
+        let mut one = RfmState::new(config.clone());
+        let mut split: Vec<RfmState> = (0..parts).map(|_| RfmState::new(config.clone())).collect();
+        let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
+        let mut all = RfmCounts::default();
+        let (mut seen, mut latest) = (std::collections::HashSet::new(), base_time());
+        let (mut written_one, mut written_split) = (BTreeMap::new(), BTreeMap::new());
+        let mut flush = |one: &mut RfmState, split: &mut [RfmState], as_of, full| -> Result<(), TestCaseError> {
+            for (doc, _) in one.flush(as_of, full) {
+                written_one.insert(doc.customer_id.clone(), doc);
+            }
+            for id in one.take_removed() {
+                written_one.remove(&id);
+            }
+            for part in split.iter_mut() {
+                all.apply(&part.publish_counts());
+            }
+            for part in split.iter_mut() {
+                for (doc, _) in part.flush_with(as_of, full, &all) {
+                    written_split.insert(doc.customer_id.clone(), doc);
+                }
+                for id in part.take_removed() {
+                    written_split.remove(&id);
+                }
+            }
+            prop_assert_eq!(&written_one, &written_split, "as of {}", as_of);
+            Ok(())
+        };
+        for a in arrivals {
+            match a {
+                // Each event once (the engine's dedup runs before RFM).
+                Arrival::Event(d) if seen.insert(d.tx.transaction_id.clone()) => {
+                    one.apply(&d.tx);
+                    split[part_of(&d.tx.user_id)].apply(&d.tx);
+                    latest = latest.max(d.tx.timestamp);
+                }
+                Arrival::Flush(hours) => {
+                    flush(&mut one, &mut split, latest + chrono::Duration::hours(i64::from(*hours)), false)?
+                }
+                _ => {}
+            }
+        }
+        let as_of = latest + chrono::Duration::hours(i64::from(final_hours));
+        flush(&mut one, &mut split, as_of, false)?;
+        flush(&mut one, &mut split, as_of, true)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn customers_split_over_parts_score_as_one_state(steps in steps(150, 12), parts in 1usize..5, final_hours in -48i16..72) {
+            parts_write_what_one_state_writes(&arrivals(&steps), parts, final_hours)?;
+        }
     }
 }
