@@ -29,12 +29,15 @@
 //! - [`health`], [`http`], [`telemetry`]: readiness flags, the /metrics /healthz /readyz and
 //!   /v1 endpoints, the Prometheus metrics (all defined in one place), end-to-end latency
 //!   (hdrhistogram) and logging.
+//! - [`cluster`]: several instances sharing the partitions: leases and heartbeats in MongoDB,
+//!   the assignment policy (scale-out, not yet wired into `run`).
 //! - [`cli`]: the `martstream` command (`run`, `replay`, `reconcile`, `migrate`,
 //!   `topics create`, `check-config`);
 //!   `main.rs` only parses arguments and calls it.
 
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod health;
