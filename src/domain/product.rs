@@ -86,12 +86,17 @@ pub struct ProductChanges {
     pub deletes: Vec<String>,
 }
 
-/// The latest value of an attribute and when it was carried: (event time, arrival number).
-type Stamped = Option<((DateTime<Utc>, u64), String)>;
+/// When an attribute was carried: (event time, arrival number); the later wins.
+type Stamp = (DateTime<Utc>, u64);
 
-fn take_latest(slot: &mut Stamped, stamp: (DateTime<Utc>, u64), value: &Option<String>) -> bool {
-    match (value, slot.as_mut()) {
-        (Some(v), Some((s, old))) if stamp >= *s => {
+/// The latest value of an attribute and when it was carried.
+type Stamped = Option<(Stamp, String)>;
+
+/// Keeps `carried` (a value and when it was carried) if it is at least as late as the slot's;
+/// whether the value changed.
+fn take_latest(slot: &mut Stamped, carried: Option<(Stamp, &str)>) -> bool {
+    match (carried, slot.as_mut()) {
+        (Some((stamp, v)), Some((s, old))) if stamp >= *s => {
             *s = stamp;
             // The same value again (the usual case): no copy.
             if old != v {
@@ -101,12 +106,17 @@ fn take_latest(slot: &mut Stamped, stamp: (DateTime<Utc>, u64), value: &Option<S
                 false
             }
         }
-        (Some(v), None) => {
-            *slot = Some((stamp, v.clone()));
+        (Some((stamp, v)), None) => {
+            *slot = Some((stamp, v.to_owned()));
             true
         }
         _ => false,
     }
+}
+
+/// The attributes a line carries (name, category, subcategory, brand), stamped.
+fn carried(line: &super::event::LineItem, stamp: Stamp) -> [Option<(Stamp, &str)>; 4] {
+    [&line.product_name, &line.category, &line.subcategory, &line.brand].map(|a| a.as_deref().map(|v| (stamp, v)))
 }
 
 /// A product's figures on one date: what its lines of that date add to the view.
@@ -120,6 +130,78 @@ pub struct ProductDay {
     pub orders: i64,
     /// Purchase lines (a date with one counts in `days_sold`).
     pub purchase_lines: i64,
+}
+
+impl ProductDay {
+    /// Adds another date's (or part's) figures.
+    pub fn merge(&mut self, other: &ProductDay) {
+        self.units += other.units;
+        self.revenue += other.revenue;
+        self.orders += other.orders;
+        self.purchase_lines += other.purchase_lines;
+    }
+}
+
+/// What line `i` of an event adds to its product's figures of the event's date.
+fn line_figures(tx: &Transaction, i: usize) -> ProductDay {
+    let line = &tx.items[i];
+    match tx.kind {
+        EventKind::Purchase => ProductDay {
+            units: line.quantity,
+            revenue: line.amount_cents(),
+            // One order per purchase, however many lines name the product.
+            orders: i64::from(!tx.items[..i].iter().any(|l| l.product_id == line.product_id)),
+            purchase_lines: 1,
+        },
+        EventKind::Refund => {
+            ProductDay { units: -line.quantity, revenue: -line.amount_cents(), ..ProductDay::default() }
+        }
+    }
+}
+
+/// What a part (the state of some input partitions) adds to the products between two
+/// flushes: net figures per (product, date) and, per product, the latest attributes its
+/// lines carried. Additive, so the owner of the products view applies every part's
+/// ([`ProductState::apply_deltas`]) and writes what one state holding every event would
+/// (scale-out, docs/DESIGN.md). `arrival` settles ties of event time; across partitions it
+/// must order arrivals the same way everywhere (e.g. partition and offset).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProductDeltas {
+    pub days: BTreeMap<(Box<str>, i32), ProductDay>,
+    /// Per product: the latest value of each attribute (name, category, subcategory,
+    /// brand) its lines carried, with when.
+    pub attributes: BTreeMap<Box<str>, [Stamped; 4]>,
+}
+
+impl ProductDeltas {
+    pub fn add(&mut self, tx: &Transaction, arrival: u64) {
+        let day = epoch_day(tx.date());
+        for (i, line) in tx.items.iter().enumerate() {
+            self.days.entry((line.product_id.as_str().into(), day)).or_default().merge(&line_figures(tx, i));
+            let slots = self.attributes.entry(line.product_id.as_str().into()).or_default();
+            for (slot, value) in slots.iter_mut().zip(carried(line, (tx.timestamp, arrival))) {
+                take_latest(slot, value);
+            }
+        }
+    }
+
+    /// Adds another part's: the owner gathers every part's before applying them at once, so
+    /// that an attribute two parts disagree on changes only if its latest value does.
+    pub fn merge(&mut self, other: ProductDeltas) {
+        for (key, figures) in other.days {
+            self.days.entry(key).or_default().merge(&figures);
+        }
+        for (id, attributes) in other.attributes {
+            let slots = self.attributes.entry(id).or_default();
+            for (slot, value) in slots.iter_mut().zip(&attributes) {
+                take_latest(slot, value.as_ref().map(|(s, v)| (*s, v.as_str())));
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.days.is_empty() && self.attributes.is_empty()
+    }
 }
 
 /// A product's attributes as the operational database holds them (for a product a repair
@@ -279,45 +361,55 @@ impl ProductState {
         self.arrivals += 1;
         let stamp = (tx.timestamp, self.arrivals);
         let day = epoch_day(tx.date());
-        let in_window = self.floor.is_none_or(|f| day >= f);
         for (i, line) in tx.items.iter().enumerate() {
-            let idx = match self.products.get_index_of(line.product_id.as_str()) {
-                Some(idx) => idx,
-                None => self.products.insert_full(line.product_id.as_str().into(), Product::default()).0,
-            };
-            let p = &mut self.products[idx];
-            let idx = idx as u32;
-            let mut changed = take_latest(&mut p.name, stamp, &line.product_name);
-            changed |= take_latest(&mut p.category, stamp, &line.category);
-            let described = take_latest(&mut p.subcategory, stamp, &line.subcategory);
-            if changed | take_latest(&mut p.brand, stamp, &line.brand) | described {
+            if self.apply_line(&line.product_id, carried(line, stamp), day, &line_figures(tx, i)) {
                 renamed.push(line.product_id.as_str());
             }
-            if in_window {
-                let b = p.days.entry(day).or_default();
-                match tx.kind {
-                    EventKind::Purchase => {
-                        b.units += line.quantity;
-                        b.revenue += line.amount_cents();
-                        b.purchase_lines += 1;
-                        // One order per purchase, however many lines name the product.
-                        if !tx.items[..i].iter().any(|l| l.product_id == line.product_id) {
-                            b.orders += 1;
-                        }
-                    }
-                    EventKind::Refund => {
-                        b.units -= line.quantity;
-                        b.revenue -= line.amount_cents();
-                    }
-                }
+        }
+        renamed
+    }
+
+    /// Applies the figures and attributes of every part since the last flush, gathered into
+    /// one ([`ProductDeltas::merge`]; the owner of the view); returns the products whose
+    /// attributes changed.
+    pub fn apply_deltas(&mut self, deltas: &ProductDeltas) -> Vec<String> {
+        let mut renamed = Vec::new();
+        for (id, attributes) in &deltas.attributes {
+            let carried = attributes.each_ref().map(|a| a.as_ref().map(|(s, v)| (*s, v.as_str())));
+            if self.apply_line(id, carried, i32::MIN, &ProductDay::default()) {
+                renamed.push(id.to_string());
+            }
+        }
+        for ((id, day), figures) in &deltas.days {
+            self.apply_line(id, [None; 4], *day, figures);
+        }
+        renamed
+    }
+
+    /// One line's (or a part's) attributes, stamped, and its figures of date `day` (none
+    /// when `day` is `i32::MIN`); whether an attribute changed.
+    fn apply_line(&mut self, id: &str, carried: [Option<(Stamp, &str)>; 4], day: i32, figures: &ProductDay) -> bool {
+        let [name, category, subcategory, brand] = carried;
+        let idx = match self.products.get_index_of(id) {
+            Some(idx) => idx,
+            None => self.products.insert_full(id.into(), Product::default()).0,
+        };
+        let p = &mut self.products[idx];
+        let mut changed = take_latest(&mut p.name, name);
+        changed |= take_latest(&mut p.category, category);
+        let described = take_latest(&mut p.subcategory, subcategory);
+        let renamed = changed | take_latest(&mut p.brand, brand) | described;
+        if day != i32::MIN {
+            if self.floor.is_none_or(|f| day >= f) {
+                p.days.entry(day).or_default().merge(figures);
                 changed = true;
             } else {
                 self.late_lines += 1;
             }
-            if changed && !p.dirty {
-                p.dirty = true;
-                self.dirty.push(idx);
-            }
+        }
+        if changed && !p.dirty {
+            p.dirty = true;
+            self.dirty.push(idx as u32);
         }
         renamed
     }
@@ -479,4 +571,79 @@ fn summarize(
         analysis_period_days: i64::from(config.window_days),
         analysis_date: as_of,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+
+    /// Writes the changes into `view`; returns the ids written. `analysis_date` is left out
+    /// of the content: one state rewrites a product whose attribute changed and changed back
+    /// between two flushes with the same content, which the owner (seeing only the latest
+    /// value) rightly does not.
+    fn write(view: &mut BTreeMap<String, ProductDoc>, changes: ProductChanges) -> BTreeSet<String> {
+        let mut written: BTreeSet<String> = changes.deletes.iter().cloned().collect();
+        for id in changes.deletes {
+            view.remove(&id);
+        }
+        for mut doc in changes.upserts {
+            written.insert(doc.product_id.clone());
+            doc.analysis_date = DateTime::<Utc>::MIN_UTC;
+            view.insert(doc.product_id.clone(), doc);
+        }
+        written
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Events split over parts (as input partitions split them over instances), each
+        /// part summing its events' figures and latest attributes between flushes, one owner
+        /// gathering every part's: at every flush the view the owner writes equals the one a
+        /// state applying every event writes, and the owner writes no document it does not.
+        #[test]
+        fn parts_summed_by_one_owner_write_what_one_state_writes(steps in steps(150, 40), parts in 1usize..5, final_hours in 0i16..72) {
+            let config = ProductConfig { window_days: 3, ..ProductConfig::default() };
+            let (mut one, mut owner) = (ProductState::new(config.clone()), ProductState::new(config));
+            let mut deltas = vec![ProductDeltas::default(); parts];
+            let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
+            let (mut seen, mut latest, mut as_of, mut arrival) = (HashSet::new(), base_time(), base_time(), 0u64);
+            let (mut by_one, mut by_owner) = (BTreeMap::new(), BTreeMap::new());
+            let mut flush = |one: &mut ProductState, owner: &mut ProductState, deltas: &mut [ProductDeltas], at, full| {
+                let by_one_now = write(&mut by_one, one.flush(at, full));
+                let mut gathered = ProductDeltas::default();
+                for d in deltas.iter_mut() {
+                    gathered.merge(std::mem::take(d));
+                }
+                owner.apply_deltas(&gathered);
+                let by_owner_now = write(&mut by_owner, owner.flush(at, full));
+                prop_assert_eq!(&by_one, &by_owner, "as of {}", at);
+                prop_assert!(by_owner_now.is_subset(&by_one_now), "the owner wrote more: {:?} vs {:?}", by_owner_now, by_one_now);
+                Ok(())
+            };
+            for a in arrivals(&steps) {
+                match a {
+                    Arrival::Event(d) if seen.insert(d.tx.transaction_id.clone()) => {
+                        arrival += 1;
+                        one.apply(&d.tx);
+                        deltas[part_of(&d.tx.user_id)].add(&d.tx, arrival);
+                        latest = latest.max(d.tx.timestamp);
+                    }
+                    Arrival::Flush(hours) => {
+                        // The view's as_of never moves backwards within a run.
+                        as_of = as_of.max(latest + chrono::Duration::hours(i64::from(hours)));
+                        flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
+                    }
+                    _ => {}
+                }
+            }
+            as_of = as_of.max(latest + chrono::Duration::hours(i64::from(final_hours)));
+            flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
+            flush(&mut one, &mut owner, &mut deltas, as_of, true)?;
+        }
+    }
 }

@@ -82,6 +82,33 @@ impl Bucket {
             }
         }
     }
+
+    /// Adds another period's (or part's) counts.
+    pub fn merge(&mut self, other: &Bucket) {
+        self.purchases += other.purchases;
+        self.purchase_cents += other.purchase_cents;
+        self.refunds += other.refunds;
+        self.refund_cents += other.refund_cents;
+    }
+}
+
+/// What a part (the state of some input partitions) adds to the trends between two
+/// flushes: the counts of its events per date. Additive, so the one owner of the trends
+/// view applies every part's ([`TrendState::apply_deltas`]) and writes what one state
+/// holding every event would (scale-out, docs/DESIGN.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrendDeltas {
+    pub days: BTreeMap<i32, Bucket>,
+}
+
+impl TrendDeltas {
+    pub fn add(&mut self, tx: &Transaction) {
+        self.days.entry(epoch_day(tx.date())).or_default().add(tx);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.days.is_empty()
+    }
 }
 
 /// Daily-only fields.
@@ -210,7 +237,20 @@ impl TrendState {
     }
 
     pub fn apply(&mut self, tx: &Transaction) {
-        let day = epoch_day(tx.date());
+        let mut counts = Bucket::default();
+        counts.add(tx);
+        self.apply_day(epoch_day(tx.date()), &counts);
+    }
+
+    /// Applies every part's counts since the last flush (the owner of the view).
+    pub fn apply_deltas(&mut self, deltas: &TrendDeltas) {
+        for (&day, counts) in &deltas.days {
+            self.apply_day(day, counts);
+        }
+    }
+
+    /// Adds the counts of events dated `day` to its day, week and month.
+    fn apply_day(&mut self, day: i32, counts: &Bucket) {
         let mut kept = false;
         for g in Granularity::ALL {
             let period = period_of(g, day);
@@ -219,14 +259,14 @@ impl TrendState {
                 continue;
             }
             kept = true;
-            s.buckets.entry(period).or_default().add(tx);
+            s.buckets.entry(period).or_default().merge(counts);
             s.dirty.insert(period);
             if g == Granularity::Daily {
                 s.dirty.extend(period + 1..=period + 6);
             }
         }
         if !kept {
-            self.late_events += 1;
+            self.late_events += (counts.purchases + counts.refunds) as u64;
         }
     }
 
@@ -455,4 +495,66 @@ fn doc(
         }
     });
     TrendDoc { granularity: g, date: period_date(g, p), bucket: buckets[&p], daily, analysis_date: as_of }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+
+    fn write(view: &mut BTreeMap<String, TrendDoc>, changes: TrendChanges) {
+        for id in changes.deletes {
+            view.remove(&id);
+        }
+        for doc in changes.upserts {
+            view.insert(doc.id(), doc);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Events split over parts, each part counting its events per date between flushes,
+        /// one owner applying every part's counts: at every flush the owner writes exactly
+        /// what one state applying every event writes (retention sliding included).
+        #[test]
+        fn parts_summed_by_one_owner_write_what_one_state_writes(steps in steps(150, 150), parts in 1usize..5, final_hours in 0i16..72) {
+            let config = TrendConfig { daily_days: 4, weekly_weeks: 2, monthly_months: 2 };
+            let (mut one, mut owner) = (TrendState::new(config.clone()), TrendState::new(config));
+            let mut deltas = vec![TrendDeltas::default(); parts];
+            let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
+            let (mut seen, mut latest, mut as_of) = (HashSet::new(), base_time(), base_time());
+            let (mut by_one, mut by_owner) = (BTreeMap::new(), BTreeMap::new());
+            let mut flush = |one: &mut TrendState, owner: &mut TrendState, deltas: &mut [TrendDeltas], at, full| {
+                write(&mut by_one, one.flush(at, full));
+                for d in deltas.iter_mut() {
+                    owner.apply_deltas(&std::mem::take(d));
+                }
+                write(&mut by_owner, owner.flush(at, full));
+                prop_assert_eq!(&by_one, &by_owner, "as of {}", at);
+                prop_assert_eq!(one.late_events(), owner.late_events());
+                Ok(())
+            };
+            for a in arrivals(&steps) {
+                match a {
+                    Arrival::Event(d) if seen.insert(d.tx.transaction_id.clone()) => {
+                        one.apply(&d.tx);
+                        deltas[part_of(&d.tx.user_id)].add(&d.tx);
+                        latest = latest.max(d.tx.timestamp);
+                    }
+                    Arrival::Flush(hours) => {
+                        as_of = as_of.max(latest + chrono::Duration::hours(i64::from(hours)));
+                        flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
+                    }
+                    _ => {}
+                }
+            }
+            as_of = as_of.max(latest + chrono::Duration::hours(i64::from(final_hours)));
+            flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
+            flush(&mut one, &mut owner, &mut deltas, as_of, true)?;
+        }
+    }
 }
