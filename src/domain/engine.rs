@@ -10,7 +10,9 @@ use super::calendar::epoch_day;
 use super::decode::Decoded;
 use super::dedup::{Arrival, DedupIndex, Seen};
 use super::event::EventKind;
+use super::partials::Partials;
 use super::product::{ProductChanges, ProductConfig, ProductState};
+use super::quintiles::RfmCounts;
 use super::reconcile::{
     customer_json, day_json, day_start_us, period_key, product_day_json, AfterCut, CustomerFigures, Cut, CutError,
     FactFix, Fixes, OpenEvents, RepairChange,
@@ -110,6 +112,18 @@ pub struct Engine {
     /// (see [`Engine::spread_restates_over`]); 0 or 1: all in the flush's own generation.
     #[serde(skip)]
     restate_spread: u64,
+    /// A part of a scale-out (see [`Engine::new_part`]): what its events add to products
+    /// and trends waits here for [`Engine::take_partials`]. Not in snapshots yet (nothing
+    /// restores a part until the scale-out is wired into `run`).
+    #[serde(skip)]
+    part: Option<Box<Part>>,
+}
+
+/// A part's partials not sent yet, and its arrivals (for attribute ties).
+#[derive(Debug, Clone, Default)]
+struct Part {
+    pending: Partials,
+    arrivals: u64,
 }
 
 impl Engine {
@@ -125,7 +139,31 @@ impl Engine {
             open: OpenEvents::default(),
             views_generation: 0,
             restate_spread: 1,
+            part: None,
         }
+    }
+
+    /// An engine holding some of the input partitions (scale-out): it keeps their
+    /// customers, dedup and facts; products and trends it only sums for the owner of those
+    /// views ([`Engine::take_partials`], [`super::partials::SharedViews`]), and it scores
+    /// its customers against the value counts of every part ([`Engine::flush_part_views`]).
+    pub fn new_part(config: ViewConfig) -> Self {
+        Engine { part: Some(Box::default()), ..Engine::new(config) }
+    }
+
+    /// A part's changes since the last call: its value counts, its products' and trends'
+    /// figures. `None` for an engine holding everything.
+    pub fn take_partials(&mut self) -> Option<Partials> {
+        let part = self.part.as_deref_mut()?;
+        let mut partials = std::mem::take(&mut part.pending);
+        partials.rfm_counts = self.rfm.publish_counts();
+        Some(partials)
+    }
+
+    /// A part's view flush: its customers' RFM documents scored against `all`, the counts
+    /// of every part (this part's [`Engine::take_partials`] included); no products or trends.
+    pub fn flush_part_views(&mut self, as_of: DateTime<Utc>, full: bool, all: &RfmCounts) -> ViewChanges {
+        self.flush_views_against(as_of, full, true, Some(all))
     }
 
     /// A complete flush (the convergence after a restart, a repair) writes every customer's
@@ -203,6 +241,16 @@ impl Engine {
     /// Applies an event that arrived on `lane` (its Kafka partition): lanes keep their own
     /// dedup horizon, so the result does not depend on how lanes interleave.
     pub fn apply_on(&mut self, event: &Decoded, lane: u16) -> Outcome {
+        self.apply_at(event, lane, None)
+    }
+
+    /// A part's [`Engine::apply_on`], with the event's place in the order every part agrees
+    /// on for ties of event time between product attributes (e.g. partition and offset).
+    pub fn apply_part(&mut self, event: &Decoded, lane: u16, arrival: u64) -> Outcome {
+        self.apply_at(event, lane, Some(arrival))
+    }
+
+    fn apply_at(&mut self, event: &Decoded, lane: u16, arrival: Option<u64>) -> Outcome {
         let tx = &event.tx;
         // Looked up before admitting: admitting can sweep the original out of the horizon.
         let orphan_refund = tx.kind == EventKind::Refund
@@ -231,10 +279,19 @@ impl Engine {
                 self.warehouse.restate_customer(row, self.views_generation + 1);
             }
         }
-        for product_id in self.products.apply(tx) {
-            self.warehouse.product_changed(product_id);
+        match self.part.as_deref_mut() {
+            None => {
+                for product_id in self.products.apply(tx) {
+                    self.warehouse.product_changed(product_id);
+                }
+                self.trends.apply(tx);
+            }
+            Some(part) => {
+                part.arrivals += 1;
+                part.pending.products.add(tx, arrival.unwrap_or(part.arrivals));
+                part.pending.trends.add(tx);
+            }
         }
-        self.trends.apply(tx);
         self.watermark = Some(self.watermark.map_or(tx.timestamp, |w| w.max(tx.timestamp)));
         Outcome::Applied { orphan_refund }
     }
@@ -249,7 +306,10 @@ impl Engine {
             return repeat;
         }
         self.warehouse.apply_session(session);
-        self.trends.apply_session(session);
+        match self.part.as_deref_mut() {
+            None => self.trends.apply_session(session),
+            Some(part) => part.pending.trends.add_session(session),
+        }
         Outcome::Applied { orphan_refund: false }
     }
 
@@ -277,10 +337,25 @@ impl Engine {
     /// change is their rank wait for a flush with `ranks` (see
     /// [`ProductState::flush_ranks`]): the caller decides how often ripples are written.
     pub fn flush_views_ranks(&mut self, as_of: DateTime<Utc>, full: bool, ranks: bool) -> ViewChanges {
+        self.flush_views_against(as_of, full, ranks, None)
+    }
+
+    fn flush_views_against(
+        &mut self,
+        as_of: DateTime<Utc>,
+        full: bool,
+        ranks: bool,
+        all: Option<&RfmCounts>,
+    ) -> ViewChanges {
         self.views_generation += 1;
-        let rfm = self.rfm.flush(as_of, full);
-        let products = self.products.flush_ranks(as_of, full, ranks);
-        let trends = self.trends.flush(as_of, full);
+        let rfm = match all {
+            Some(all) => self.rfm.flush_with(as_of, full, all),
+            None => self.rfm.flush(as_of, full),
+        };
+        let (products, trends) = match self.part {
+            Some(_) => Default::default(),
+            None => (self.products.flush_ranks(as_of, full, ranks), self.trends.flush(as_of, full)),
+        };
         let spread = self.restate_spread.max(1);
         let mut converging = 0;
         for (d, dim) in &rfm {
@@ -1014,11 +1089,109 @@ mod tests {
         Ok(())
     }
 
+    /// Events split over parts by customer (as input partitions split them over instances):
+    /// at every flush, the parts' RFM documents (scored against every part's value counts),
+    /// the owner's products and trends (from every part's partials) and the parts' facts are
+    /// the views and facts of one engine applying every event. Products: the same content,
+    /// and no document one engine does not write (see `ProductDeltas::merge`); facts: the
+    /// same rows but for the surrogate keys, which each part hands out itself.
+    fn check_parts(arrivals: &[Arrival], parts: usize, final_hours: i16) -> Result<(), TestCaseError> {
+        use crate::domain::partials::SharedViews;
+        use crate::domain::quintiles::RfmCounts;
+        let mut config = config(Scoring::Quintile);
+        config.products.window_days = 3;
+        config.trends = TrendConfig { daily_days: 4, weekly_weeks: 2, monthly_months: 2 };
+        let mut one = Engine::new(config.clone());
+        let mut split: Vec<Engine> = (0..parts).map(|_| Engine::new_part(config.clone())).collect();
+        let mut owner = SharedViews::new(&config);
+        let mut all = RfmCounts::default();
+        let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
+        let (mut by_one, mut by_parts) = (Views::default(), Views::default());
+        let (mut latest, mut as_of, mut arrival) = (base_time(), base_time(), 0u64);
+        let mut session_parts: BTreeMap<String, usize> = BTreeMap::new();
+        let unkeyed = |facts: &BTreeMap<String, Fact>| -> Vec<Fact> {
+            facts.values().map(|f| Fact { product_key: 0, customer_key: 0, location_key: 0, ..f.clone() }).collect()
+        };
+        let mut flush = |one: &mut Engine, split: &mut [Engine], at: DateTime<Utc>, full: bool| {
+            let mut c = one.flush(at, full);
+            let one_products: Vec<String> = c.products.upserts.iter().map(|d| d.product_id.clone()).collect();
+            for d in &mut c.products.upserts {
+                d.analysis_date = DateTime::<Utc>::MIN_UTC;
+            }
+            by_one.apply(c);
+            let mut gathered = Partials::default();
+            for part in split.iter_mut() {
+                gathered.merge(part.take_partials().expect("a part"));
+            }
+            all.apply(&gathered.rfm_counts);
+            owner.apply(&gathered);
+            for part in split.iter_mut() {
+                let views = part.flush_part_views(at, full, &all);
+                let bulk = part.flush_bulk(Restate::All);
+                by_parts.apply(ViewChanges { facts: bulk.facts, fact_removals: bulk.fact_removals, ..views });
+            }
+            let (mut products, trends) = owner.flush(at, full);
+            for d in &mut products.upserts {
+                prop_assert!(
+                    one_products.contains(&d.product_id),
+                    "the owner wrote {} and one engine did not",
+                    d.product_id
+                );
+                d.analysis_date = DateTime::<Utc>::MIN_UTC;
+            }
+            by_parts.apply(ViewChanges { products, trends, ..ViewChanges::default() });
+            prop_assert_eq!(&by_one.rfm, &by_parts.rfm, "RFM as of {}", at);
+            prop_assert_eq!(&by_one.products, &by_parts.products, "products as of {}", at);
+            prop_assert_eq!(&by_one.trends, &by_parts.trends, "trends as of {}", at);
+            prop_assert_eq!(unkeyed(&by_one.facts), unkeyed(&by_parts.facts), "facts as of {}", at);
+            Ok(())
+        };
+        for a in arrivals {
+            match a {
+                Arrival::Event(d) => {
+                    let outcome = one.apply(d);
+                    if matches!(outcome, Outcome::Applied { .. }) {
+                        arrival += 1;
+                        latest = latest.max(d.tx.timestamp);
+                    }
+                    // The same outcome, but whether a refund's purchase is known: the generator
+                    // refunds other customers' purchases too, which live in other parts.
+                    let plain = |o: Outcome| match o {
+                        Outcome::Applied { .. } => Outcome::Applied { orphan_refund: false },
+                        o => o,
+                    };
+                    prop_assert_eq!(plain(split[part_of(&d.tx.user_id)].apply_part(d, 0, arrival)), plain(outcome));
+                }
+                Arrival::Session(s) => {
+                    // A session id goes where it first went: the generator resends an id
+                    // with another customer's content, which the broker would have keyed
+                    // (and partitioned) by the first.
+                    let part = *session_parts.entry(s.tx.session_id.clone()).or_insert_with(|| part_of(&s.tx.user_id));
+                    let outcome = one.apply_session(s, 0);
+                    prop_assert_eq!(split[part].apply_session(s, 0), outcome);
+                }
+                Arrival::Flush(hours) => {
+                    // The views' as_of never moves backwards within a run.
+                    as_of = as_of.max(latest + Duration::hours(i64::from(*hours)));
+                    flush(&mut one, &mut split, as_of, false)?;
+                }
+            }
+        }
+        as_of = as_of.max(latest + Duration::hours(i64::from(final_hours)));
+        flush(&mut one, &mut split, as_of, false)?;
+        flush(&mut one, &mut split, as_of, true)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
         fn rfm_quintiles_equal_a_batch_recompute(steps in steps(120, 10), final_hours in -48i16..72) {
             check(Scoring::Quintile, &arrivals(&steps), final_hours)?;
+        }
+
+        #[test]
+        fn parts_and_an_owner_write_the_views_of_one_engine(steps in steps(150, 40), parts in 1usize..5, final_hours in 0i16..72) {
+            check_parts(&arrivals(&steps), parts, final_hours)?;
         }
 
         #[test]

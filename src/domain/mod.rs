@@ -14,6 +14,8 @@
 //! - [`session`]: browsing-session summaries (`customer_sessions` topic) and their facts.
 //! - [`warehouse`]: the star schema's facts and dimensions, with stable surrogate keys.
 //! - [`reconcile`]: the state's figures at a cut, their comparison with PostgreSQL's, repairs.
+//! - [`partials`]: scale-out: what a part (some partitions' state) sends, and the views
+//!   every partition adds to, kept by one owner from every part's partials.
 //! - [`quintiles`]: quintile boundaries from value → count summaries, which the owners of
 //!   different partitions exchange to score against every customer (scale-out).
 //! - [`engine`]: all of the above behind `apply(event)` and `flush(as_of)`.
@@ -27,6 +29,7 @@ pub mod dedup;
 pub mod engine;
 pub mod event;
 pub mod money;
+pub mod partials;
 pub mod product;
 pub mod quintiles;
 pub mod ranked;

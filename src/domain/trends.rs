@@ -99,6 +99,8 @@ impl Bucket {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrendDeltas {
     pub days: BTreeMap<i32, Bucket>,
+    /// Browsing sessions per date (the daily documents' cart figures).
+    pub sessions: BTreeMap<i32, SessionCounts>,
 }
 
 impl TrendDeltas {
@@ -106,8 +108,22 @@ impl TrendDeltas {
         self.days.entry(epoch_day(tx.date())).or_default().add(tx);
     }
 
+    pub fn add_session(&mut self, session: &super::session::Session) {
+        self.sessions.entry(epoch_day(session.session_start.date_naive())).or_default().add(session);
+    }
+
+    /// Adds another part's.
+    pub fn merge(&mut self, other: TrendDeltas) {
+        for (day, counts) in other.days {
+            self.days.entry(day).or_default().merge(&counts);
+        }
+        for (day, counts) in other.sessions {
+            self.sessions.entry(day).or_default().merge(&counts);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.days.is_empty()
+        self.days.is_empty() && self.sessions.is_empty()
     }
 }
 
@@ -133,6 +149,19 @@ pub struct SessionCounts {
 }
 
 impl SessionCounts {
+    /// Counts one session.
+    pub fn add(&mut self, session: &super::session::Session) {
+        self.sessions += 1;
+        self.with_cart += i64::from(session.cart_adds > 0);
+        self.abandoned += i64::from(session.cart_abandoned());
+    }
+
+    pub fn merge(&mut self, other: &SessionCounts) {
+        self.sessions += other.sessions;
+        self.with_cart += other.with_cart;
+        self.abandoned += other.abandoned;
+    }
+
     /// Abandoned carts over sessions that added to the cart; null when none did.
     pub fn cart_abandonment_rate(&self) -> Option<f64> {
         (self.with_cart > 0).then(|| self.abandoned as f64 / self.with_cart as f64)
@@ -246,6 +275,9 @@ impl TrendState {
     pub fn apply_deltas(&mut self, deltas: &TrendDeltas) {
         for (&day, counts) in &deltas.days {
             self.apply_day(day, counts);
+        }
+        for (&day, counts) in &deltas.sessions {
+            self.apply_sessions(day, counts);
         }
     }
 
@@ -371,16 +403,19 @@ impl TrendState {
 
     /// Counts a browsing session on the day it started (shown on that day's document).
     pub fn apply_session(&mut self, session: &super::session::Session) {
-        let day = epoch_day(session.session_start.date_naive());
+        let mut counts = SessionCounts::default();
+        counts.add(session);
+        self.apply_sessions(epoch_day(session.session_start.date_naive()), &counts);
+    }
+
+    /// Adds the counts of sessions started on `day`.
+    fn apply_sessions(&mut self, day: i32, counts: &SessionCounts) {
         let s = &mut self.series[Granularity::Daily as usize];
         if s.floor.is_some_and(|f| day < f) {
-            self.late_events += 1;
+            self.late_events += counts.sessions as u64;
             return;
         }
-        let c = self.sessions.entry(day).or_default();
-        c.sessions += 1;
-        c.with_cart += i64::from(session.cart_adds > 0);
-        c.abandoned += i64::from(session.cart_abandoned());
+        self.sessions.entry(day).or_default().merge(counts);
         s.dirty.insert(day);
     }
 
