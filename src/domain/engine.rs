@@ -617,7 +617,7 @@ mod tests {
     use crate::domain::reconcile::{day_start_us, CustomerFigures, Cut, FactLine, Tally};
     use crate::domain::rfm::Scoring;
     use crate::domain::session::Session;
-    use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+    use crate::domain::testgen::{arrivals, base_time, part_of, steps, Arrival};
     use crate::domain::trends::TrendDoc;
     use crate::domain::trends::{period_of, Bucket};
     use crate::domain::warehouse::{DimCustomer, DimProduct, Fact};
@@ -1105,7 +1105,7 @@ mod tests {
         let mut split: Vec<Engine> = (0..parts).map(|_| Engine::new_part(config.clone())).collect();
         let mut owner = SharedViews::new(&config);
         let mut all = RfmCounts::default();
-        let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
+        let part_of = |user: &str| part_of(user, parts);
         let (mut by_one, mut by_parts) = (Views::default(), Views::default());
         let (mut latest, mut as_of, mut arrival) = (base_time(), base_time(), 0u64);
         let mut session_parts: BTreeMap<String, usize> = BTreeMap::new();

@@ -575,12 +575,12 @@ fn summarize(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+    use crate::domain::testgen::{arrivals, split_run, steps, Split};
 
     /// Writes the changes into `view`; returns the ids written. `analysis_date` is left out
     /// of the content: one state rewrites a product whose attribute changed and changed back
@@ -610,40 +610,27 @@ mod tests {
             let config = ProductConfig { window_days: 3, ..ProductConfig::default() };
             let (mut one, mut owner) = (ProductState::new(config.clone()), ProductState::new(config));
             let mut deltas = vec![ProductDeltas::default(); parts];
-            let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
-            let (mut seen, mut latest, mut as_of, mut arrival) = (HashSet::new(), base_time(), base_time(), 0u64);
             let (mut by_one, mut by_owner) = (BTreeMap::new(), BTreeMap::new());
-            let mut flush = |one: &mut ProductState, owner: &mut ProductState, deltas: &mut [ProductDeltas], at, full| {
-                let by_one_now = write(&mut by_one, one.flush(at, full));
-                let mut gathered = ProductDeltas::default();
-                for d in deltas.iter_mut() {
-                    gathered.merge(std::mem::take(d));
+            split_run(&arrivals(&steps), parts, final_hours, |step| {
+                match step {
+                    Split::Event { part, tx, arrival } => {
+                        one.apply(tx);
+                        deltas[part].add(tx, arrival);
+                    }
+                    Split::Flush { as_of, full } => {
+                        let by_one_now = write(&mut by_one, one.flush(as_of, full));
+                        let mut gathered = ProductDeltas::default();
+                        for d in deltas.iter_mut() {
+                            gathered.merge(std::mem::take(d));
+                        }
+                        owner.apply_deltas(&gathered);
+                        let by_owner_now = write(&mut by_owner, owner.flush(as_of, full));
+                        prop_assert_eq!(&by_one, &by_owner, "as of {}", as_of);
+                        prop_assert!(by_owner_now.is_subset(&by_one_now), "the owner wrote more: {:?} vs {:?}", by_owner_now, by_one_now);
+                    }
                 }
-                owner.apply_deltas(&gathered);
-                let by_owner_now = write(&mut by_owner, owner.flush(at, full));
-                prop_assert_eq!(&by_one, &by_owner, "as of {}", at);
-                prop_assert!(by_owner_now.is_subset(&by_one_now), "the owner wrote more: {:?} vs {:?}", by_owner_now, by_one_now);
                 Ok(())
-            };
-            for a in arrivals(&steps) {
-                match a {
-                    Arrival::Event(d) if seen.insert(d.tx.transaction_id.clone()) => {
-                        arrival += 1;
-                        one.apply(&d.tx);
-                        deltas[part_of(&d.tx.user_id)].add(&d.tx, arrival);
-                        latest = latest.max(d.tx.timestamp);
-                    }
-                    Arrival::Flush(hours) => {
-                        // The view's as_of never moves backwards within a run.
-                        as_of = as_of.max(latest + chrono::Duration::hours(i64::from(hours)));
-                        flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
-                    }
-                    _ => {}
-                }
-            }
-            as_of = as_of.max(latest + chrono::Duration::hours(i64::from(final_hours)));
-            flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
-            flush(&mut one, &mut owner, &mut deltas, as_of, true)?;
+            })?;
         }
     }
 }

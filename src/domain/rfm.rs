@@ -601,7 +601,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+    use crate::domain::testgen::{arrivals, split_run, steps, Arrival, Split};
 
     #[test]
     fn quintile_formula_matches_the_spec_sql() {
@@ -649,48 +649,37 @@ mod tests {
         let config = RfmConfig::default();
         let mut one = RfmState::new(config.clone());
         let mut split: Vec<RfmState> = (0..parts).map(|_| RfmState::new(config.clone())).collect();
-        let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
         let mut all = RfmCounts::default();
-        let (mut seen, mut latest) = (std::collections::HashSet::new(), base_time());
         let (mut written_one, mut written_split) = (BTreeMap::new(), BTreeMap::new());
-        let mut flush = |one: &mut RfmState, split: &mut [RfmState], as_of, full| -> Result<(), TestCaseError> {
-            for (doc, _) in one.flush(as_of, full) {
-                written_one.insert(doc.customer_id.clone(), doc);
-            }
-            for id in one.take_removed() {
-                written_one.remove(&id);
-            }
-            for part in split.iter_mut() {
-                all.apply(&part.publish_counts());
-            }
-            for part in split.iter_mut() {
-                for (doc, _) in part.flush_with(as_of, full, &all) {
-                    written_split.insert(doc.customer_id.clone(), doc);
+        split_run(arrivals, parts, final_hours, |step| {
+            match step {
+                Split::Event { part, tx, .. } => {
+                    one.apply(tx);
+                    split[part].apply(tx);
                 }
-                for id in part.take_removed() {
-                    written_split.remove(&id);
+                Split::Flush { as_of, full } => {
+                    for (doc, _) in one.flush(as_of, full) {
+                        written_one.insert(doc.customer_id.clone(), doc);
+                    }
+                    for id in one.take_removed() {
+                        written_one.remove(&id);
+                    }
+                    for part in split.iter_mut() {
+                        all.apply(&part.publish_counts());
+                    }
+                    for part in split.iter_mut() {
+                        for (doc, _) in part.flush_with(as_of, full, &all) {
+                            written_split.insert(doc.customer_id.clone(), doc);
+                        }
+                        for id in part.take_removed() {
+                            written_split.remove(&id);
+                        }
+                    }
+                    prop_assert_eq!(&written_one, &written_split, "as of {}", as_of);
                 }
             }
-            prop_assert_eq!(&written_one, &written_split, "as of {}", as_of);
             Ok(())
-        };
-        for a in arrivals {
-            match a {
-                // Each event once (the engine's dedup runs before RFM).
-                Arrival::Event(d) if seen.insert(d.tx.transaction_id.clone()) => {
-                    one.apply(&d.tx);
-                    split[part_of(&d.tx.user_id)].apply(&d.tx);
-                    latest = latest.max(d.tx.timestamp);
-                }
-                Arrival::Flush(hours) => {
-                    flush(&mut one, &mut split, latest + chrono::Duration::hours(i64::from(*hours)), false)?
-                }
-                _ => {}
-            }
-        }
-        let as_of = latest + chrono::Duration::hours(i64::from(final_hours));
-        flush(&mut one, &mut split, as_of, false)?;
-        flush(&mut one, &mut split, as_of, true)
+        })
     }
 
     proptest::proptest! {

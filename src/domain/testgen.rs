@@ -130,3 +130,46 @@ pub fn arrivals(steps: &[Step]) -> Vec<Arrival> {
     }
     out
 }
+
+/// The part (of `parts`) a customer's events go to, as input partitions split customers.
+pub fn part_of(user: &str, parts: usize) -> usize {
+    user.bytes().map(usize::from).sum::<usize>() % parts
+}
+
+/// What a split run asks of a test: apply an event (first arrivals only: the engine's dedup
+/// runs before the aggregates) to a part, or flush.
+pub enum Split<'a> {
+    Event { part: usize, tx: &'a Transaction, arrival: u64 },
+    Flush { as_of: DateTime<Utc>, full: bool },
+}
+
+/// Drives a test of an aggregate split over `parts`: every first-seen event to the part of
+/// its customer with its arrival number, a flush at each `Flush` step (`as_of` at the
+/// latest event time plus its hours, never moving backwards), then one more flush and a
+/// complete one.
+pub fn split_run(
+    arrivals: &[Arrival],
+    parts: usize,
+    final_hours: i16,
+    mut on: impl FnMut(Split<'_>) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    let (mut seen, mut latest, mut as_of, mut arrival) =
+        (std::collections::HashSet::new(), base_time(), base_time(), 0u64);
+    for a in arrivals {
+        match a {
+            Arrival::Event(d) if seen.insert(d.tx.transaction_id.clone()) => {
+                arrival += 1;
+                latest = latest.max(d.tx.timestamp);
+                on(Split::Event { part: part_of(&d.tx.user_id, parts), tx: &d.tx, arrival })?;
+            }
+            Arrival::Flush(hours) => {
+                as_of = as_of.max(latest + Duration::hours(i64::from(*hours)));
+                on(Split::Flush { as_of, full: false })?;
+            }
+            _ => {}
+        }
+    }
+    as_of = as_of.max(latest + Duration::hours(i64::from(final_hours)));
+    on(Split::Flush { as_of, full: false })?;
+    on(Split::Flush { as_of, full: true })
+}

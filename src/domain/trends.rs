@@ -534,12 +534,12 @@ fn doc(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::testgen::{arrivals, base_time, steps, Arrival};
+    use crate::domain::testgen::{arrivals, split_run, steps, Split};
 
     fn write(view: &mut BTreeMap<String, TrendDoc>, changes: TrendChanges) {
         for id in changes.deletes {
@@ -560,36 +560,27 @@ mod tests {
             let config = TrendConfig { daily_days: 4, weekly_weeks: 2, monthly_months: 2 };
             let (mut one, mut owner) = (TrendState::new(config.clone()), TrendState::new(config));
             let mut deltas = vec![TrendDeltas::default(); parts];
-            let part_of = |user: &str| user.bytes().map(usize::from).sum::<usize>() % parts;
-            let (mut seen, mut latest, mut as_of) = (HashSet::new(), base_time(), base_time());
             let (mut by_one, mut by_owner) = (BTreeMap::new(), BTreeMap::new());
-            let mut flush = |one: &mut TrendState, owner: &mut TrendState, deltas: &mut [TrendDeltas], at, full| {
-                write(&mut by_one, one.flush(at, full));
-                for d in deltas.iter_mut() {
-                    owner.apply_deltas(&std::mem::take(d));
+            split_run(&arrivals(&steps), parts, final_hours, |step| {
+                match step {
+                    Split::Event { part, tx, .. } => {
+                        one.apply(tx);
+                        deltas[part].add(tx);
+                    }
+                    Split::Flush { as_of, full } => {
+                        write(&mut by_one, one.flush(as_of, full));
+                        let mut gathered = TrendDeltas::default();
+                        for d in deltas.iter_mut() {
+                            gathered.merge(std::mem::take(d));
+                        }
+                        owner.apply_deltas(&gathered);
+                        write(&mut by_owner, owner.flush(as_of, full));
+                        prop_assert_eq!(&by_one, &by_owner, "as of {}", as_of);
+                        prop_assert_eq!(one.late_events(), owner.late_events());
+                    }
                 }
-                write(&mut by_owner, owner.flush(at, full));
-                prop_assert_eq!(&by_one, &by_owner, "as of {}", at);
-                prop_assert_eq!(one.late_events(), owner.late_events());
                 Ok(())
-            };
-            for a in arrivals(&steps) {
-                match a {
-                    Arrival::Event(d) if seen.insert(d.tx.transaction_id.clone()) => {
-                        one.apply(&d.tx);
-                        deltas[part_of(&d.tx.user_id)].add(&d.tx);
-                        latest = latest.max(d.tx.timestamp);
-                    }
-                    Arrival::Flush(hours) => {
-                        as_of = as_of.max(latest + chrono::Duration::hours(i64::from(hours)));
-                        flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
-                    }
-                    _ => {}
-                }
-            }
-            as_of = as_of.max(latest + chrono::Duration::hours(i64::from(final_hours)));
-            flush(&mut one, &mut owner, &mut deltas, as_of, false)?;
-            flush(&mut one, &mut owner, &mut deltas, as_of, true)?;
+            })?;
         }
     }
 }
