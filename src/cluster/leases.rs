@@ -81,7 +81,9 @@ impl Leases {
     }
 
     /// Takes the lease if nobody holds it or its holder let it expire; the new epoch when
-    /// taken, `None` when another instance holds it.
+    /// taken, `None` when it is held (by another instance, or already by this one: see
+    /// [`Leases::renew`]). Two instances racing for a lease nobody ever held both upsert
+    /// the same `_id`; MongoDB retries the loser's upsert as an update, which finds it held.
     pub async fn acquire(&self, key: &str) -> Result<Option<i64>, Error> {
         // One atomic update of the one document (an upsert's filter cannot compare with
         // `$$NOW`, so the update decides): `taken` when free or expired.
