@@ -36,6 +36,14 @@ async fn one_holder_per_lease_and_epochs_fence_a_former_holder() {
     // A clean hand-over: free at once, the next holder's epoch above every earlier one.
     assert!(b.release(&k, 2).await.unwrap());
     assert_eq!(a.acquire(&k).await.unwrap(), Some(3));
+
+    // Two instances racing for leases nobody ever held: each goes to exactly one.
+    for p in 1..20 {
+        let k = key("tx", p);
+        let (x, y) = tokio::join!(a.acquire(&k), b.acquire(&k));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(x.is_some() != y.is_some(), "partition {p}: {x:?} {y:?}");
+    }
     db.drop().await.unwrap();
 }
 
