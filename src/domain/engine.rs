@@ -268,7 +268,8 @@ impl Engine {
         self.warehouse.apply(tx);
         // A customer with refunds only has no RFM document whose flush would restate their
         // dim_customer row (segment null, lifetime value = Σ refunds): restate it here.
-        if let Some(c) = self.rfm.customer(tx.user_id.as_str()).filter(|c| c.frequency == 0) {
+        let c = self.rfm.customer_at(customer);
+        if c.frequency == 0 {
             if let Some(customer_key) = self.warehouse.customers.get(tx.user_id.as_str()) {
                 let row = DimCustomer {
                     customer_key,

@@ -280,6 +280,11 @@ impl RfmState {
         self.customers.get(id)
     }
 
+    /// The customer at `idx` (as [`RfmState::apply`] returns it), without a lookup by id.
+    pub fn customer_at(&self, idx: u32) -> &Customer {
+        &self.customers[idx as usize]
+    }
+
     /// A customer's document as the views show it: as of the last flush, with the figures
     /// applied since (scored against the last flush's boundaries until the next flush).
     /// Equal to the MongoDB document whenever the customer has no unflushed event, except
