@@ -167,40 +167,56 @@ fn line_figures(tx: &Transaction, i: usize) -> ProductDay {
 /// must order arrivals the same way everywhere (e.g. partition and offset).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProductDeltas {
-    pub days: BTreeMap<(Box<str>, i32), ProductDay>,
-    /// Per product: the latest value of each attribute (name, category, subcategory,
-    /// brand) its lines carried, with when.
-    pub attributes: BTreeMap<Box<str>, [Stamped; 4]>,
+    pub products: BTreeMap<Box<str>, ProductDelta>,
+}
+
+/// One product's share of [`ProductDeltas`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProductDelta {
+    /// Net figures per date.
+    pub days: BTreeMap<i32, ProductDay>,
+    /// The latest value of each attribute (name, category, subcategory, brand) its lines
+    /// carried, with when.
+    pub attributes: [Stamped; 4],
+}
+
+impl ProductDelta {
+    fn take_latest(&mut self, carried: [Option<(Stamp, &str)>; 4]) {
+        for (slot, value) in self.attributes.iter_mut().zip(carried) {
+            take_latest(slot, value);
+        }
+    }
 }
 
 impl ProductDeltas {
     pub fn add(&mut self, tx: &Transaction, arrival: u64) {
         let day = epoch_day(tx.date());
         for (i, line) in tx.items.iter().enumerate() {
-            self.days.entry((line.product_id.as_str().into(), day)).or_default().merge(&line_figures(tx, i));
-            let slots = self.attributes.entry(line.product_id.as_str().into()).or_default();
-            for (slot, value) in slots.iter_mut().zip(carried(line, (tx.timestamp, arrival))) {
-                take_latest(slot, value);
+            // Looked up by &str: the owned key is made only for a product new to this flush.
+            let id = line.product_id.as_str();
+            if !self.products.contains_key(id) {
+                self.products.insert(id.into(), ProductDelta::default());
             }
+            let p = self.products.get_mut(id).expect("just inserted");
+            p.days.entry(day).or_default().merge(&line_figures(tx, i));
+            p.take_latest(carried(line, (tx.timestamp, arrival)));
         }
     }
 
     /// Adds another part's: the owner gathers every part's before applying them at once, so
     /// that an attribute two parts disagree on changes only if its latest value does.
     pub fn merge(&mut self, other: ProductDeltas) {
-        for (key, figures) in other.days {
-            self.days.entry(key).or_default().merge(&figures);
-        }
-        for (id, attributes) in other.attributes {
-            let slots = self.attributes.entry(id).or_default();
-            for (slot, value) in slots.iter_mut().zip(&attributes) {
-                take_latest(slot, value.as_ref().map(|(s, v)| (*s, v.as_str())));
+        for (id, theirs) in other.products {
+            let ours = self.products.entry(id).or_default();
+            for (day, figures) in theirs.days {
+                ours.days.entry(day).or_default().merge(&figures);
             }
+            ours.take_latest(theirs.attributes.each_ref().map(|a| a.as_ref().map(|(s, v)| (*s, v.as_str()))));
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.days.is_empty() && self.attributes.is_empty()
+        self.products.is_empty()
     }
 }
 
@@ -374,14 +390,14 @@ impl ProductState {
     /// attributes changed.
     pub fn apply_deltas(&mut self, deltas: &ProductDeltas) -> Vec<String> {
         let mut renamed = Vec::new();
-        for (id, attributes) in &deltas.attributes {
-            let carried = attributes.each_ref().map(|a| a.as_ref().map(|(s, v)| (*s, v.as_str())));
+        for (id, p) in &deltas.products {
+            let carried = p.attributes.each_ref().map(|a| a.as_ref().map(|(s, v)| (*s, v.as_str())));
             if self.apply_line(id, carried, i32::MIN, &ProductDay::default()) {
                 renamed.push(id.to_string());
             }
-        }
-        for ((id, day), figures) in &deltas.days {
-            self.apply_line(id, [None; 4], *day, figures);
+            for (&day, figures) in &p.days {
+                self.apply_line(id, [None; 4], day, figures);
+            }
         }
         renamed
     }

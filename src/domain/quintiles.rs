@@ -25,7 +25,7 @@ pub(super) fn bound_positions(n: usize) -> impl Iterator<Item = (usize, usize)> 
 }
 
 /// The RFM dimension a count belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Dimension {
     Frequency,
     Monetary,

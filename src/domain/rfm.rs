@@ -424,6 +424,17 @@ impl RfmState {
         let mut deltas = Vec::new();
         let dirty = std::mem::take(&mut self.dirty);
         self.sync_ranks(&dirty, Some(&mut deltas));
+        // Netted per value: a customer going from 3 purchases to 4 and another from 2 to 3
+        // leave one change at 2 and one at 4.
+        deltas.sort_unstable_by_key(|d| (d.dimension, d.value));
+        deltas.dedup_by(|later, kept| {
+            let same = (later.dimension, later.value) == (kept.dimension, kept.value);
+            if same {
+                kept.delta += later.delta;
+            }
+            same
+        });
+        deltas.retain(|d| d.delta != 0);
         // Still dirty (the flush writes them), now with the keys the indexes hold.
         self.dirty = dirty
             .into_iter()
