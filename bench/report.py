@@ -126,6 +126,16 @@ recon_bare = seconds(env.get("RECON_TIME"), r"aggregate ([0-9.]+) s")
 restore_1m = restore_secs(one_m, "restore (read+verify+decode)")
 stall_1m = restore_secs(one_m, "capture stall (encode)")
 bytes_per_customer = [(restore_col(r, "customers"), restore_col(r, "engine RSS bytes/customer")) for r in restore_rows]
+parts_lines = [env[k] for k in ("PARTS_WHOLE", "PARTS_SERIAL", "PARTS_PARALLEL", "PARTS_EXCHANGE") if env.get(k)]
+parts_section = ("""
+The same stream split as a scale-out splits it (docs/DESIGN.md, "Scale-out";
+`cargo bench --bench parts`): customers in two parts by key, each keeping its customers,
+dedup and facts and scoring them against the summed value counts of both; products and
+trends summed by the parts and kept by one owner; an exchange at every flush (10,000
+events). In one process, no I/O: what the split itself costs, and what a second core
+gives it.
+
+""" + "\n".join(f"`{l}`  " for l in parts_lines) + "\n") if parts_lines else ""
 ms_file = seconds(env.get("FILE_MS"))
 ms_file2 = seconds(env.get("FILE_MS_DECODE_BESIDE"))
 duck = seconds(env.get("FILE_DUCKDB"))
@@ -250,6 +260,7 @@ customers, refunds, duplicates, malformed):
 
 ![engine](bench/engine.svg)
 
+{parts_section}
 ## 2. Replay: Kafka → views in MongoDB
 
 {int(replay_events):,} events (4 partitions) produced by `loadtest`, then read to the end by
