@@ -36,16 +36,11 @@ pub fn moves(partitions: &[i32], holders: &BTreeMap<i32, String>, members: &BTre
     for (&p, owner) in holders {
         held.entry(owner.as_str()).or_default().push(p);
     }
-    let mine = held.get(me).cloned().unwrap_or_default();
+    // In ascending order: `holders` is.
+    let mine = held.get(me).map_or(&[][..], Vec::as_slice);
     let free: Vec<i32> = partitions.iter().copied().filter(|p| !holders.contains_key(p)).collect();
     let starving = shares.iter().any(|(m, &s)| held.get(m).map_or(0, Vec::len) < s);
-    let release = if mine.len() > share && starving {
-        let mut sorted = mine.clone();
-        sorted.sort_unstable();
-        sorted.split_off(share)
-    } else {
-        Vec::new()
-    };
+    let release = if mine.len() > share && starving { mine[share..].to_vec() } else { Vec::new() };
     let acquire = free.into_iter().take(share.saturating_sub(mine.len())).collect();
     Moves { acquire, release }
 }

@@ -3,8 +3,9 @@
 //! for why not the broker's consumer group).
 //!
 //! `cluster_leases`: one document per input partition, `{_id: "topic/partition", owner,
-//! epoch, expires_at, taken}` (`taken`: whether the last attempt to acquire it did). Taking a free or expired lease bumps its epoch: the fencing token a
-//! holder's writes carry, so that a paused or partitioned former holder is refused.
+//! epoch, expires_at, taken}` (`taken`: whether the last attempt to acquire it did).
+//! Taking a free or expired lease bumps its epoch: the fencing token a holder's writes
+//! carry, so that a paused or partitioned former holder is refused.
 //! `cluster_members`: `{_id: instance, expires_at}`. Every time is MongoDB's own clock
 //! (`$$NOW`), so instances' clocks never need to agree.
 
@@ -31,6 +32,12 @@ pub struct Leases {
 /// A lease's key: the input topic and partition.
 pub fn key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
+}
+
+/// Every document of `collection` that `filter` matches.
+async fn read(collection: &Collection<Document>, filter: Document) -> Result<Vec<Document>, Error> {
+    use futures::TryStreamExt;
+    collection.find(filter).await?.try_collect().await
 }
 
 fn expires() -> Document {
@@ -72,12 +79,8 @@ impl Leases {
 
     /// The live members.
     pub async fn members(&self) -> Result<BTreeSet<String>, Error> {
-        let mut cursor = self.members.find(doc! { "$expr": { "$gt": ["$expires_at", "$$NOW"] } }).await?;
-        let mut out = BTreeSet::new();
-        while cursor.advance().await? {
-            out.insert(cursor.deserialize_current()?.get_str("_id").unwrap_or_default().to_owned());
-        }
-        Ok(out)
+        let live = read(&self.members, doc! { "$expr": { "$gt": ["$expires_at", "$$NOW"] } }).await?;
+        Ok(live.iter().map(|d| d.get_str("_id").unwrap_or_default().to_owned()).collect())
     }
 
     /// Takes the lease if nobody holds it or its holder let it expire; the new epoch when
@@ -123,28 +126,25 @@ impl Leases {
 
     /// The leases this instance holds (key → epoch), without extending them.
     pub async fn held(&self) -> Result<BTreeMap<String, i64>, Error> {
-        let mut cursor = self.leases.find(doc! { "owner": &self.me }).await?;
-        let mut out = BTreeMap::new();
-        while cursor.advance().await? {
-            let d = cursor.deserialize_current()?;
-            out.insert(d.get_str("_id").unwrap_or_default().to_owned(), d.get_i64("epoch").unwrap_or_default());
-        }
-        Ok(out)
+        let mine = self.leases_where(doc! { "owner": &self.me }).await?;
+        Ok(mine.into_iter().map(|(key, (_, epoch))| (key, epoch)).collect())
     }
 
     /// The live holder of every lease (expired ones left out): key → (owner, epoch).
     pub async fn holders(&self) -> Result<BTreeMap<String, (String, i64)>, Error> {
-        let mut cursor =
-            self.leases.find(doc! { "owner": { "$ne": null }, "$expr": { "$gt": ["$expires_at", "$$NOW"] } }).await?;
-        let mut out = BTreeMap::new();
-        while cursor.advance().await? {
-            let d = cursor.deserialize_current()?;
-            out.insert(
-                d.get_str("_id").unwrap_or_default().to_owned(),
-                (d.get_str("owner").unwrap_or_default().to_owned(), d.get_i64("epoch").unwrap_or_default()),
-            );
-        }
-        Ok(out)
+        self.leases_where(doc! { "owner": { "$ne": null }, "$expr": { "$gt": ["$expires_at", "$$NOW"] } }).await
+    }
+
+    /// The leases `filter` matches: key → (owner, epoch).
+    async fn leases_where(&self, filter: Document) -> Result<BTreeMap<String, (String, i64)>, Error> {
+        let found = read(&self.leases, filter).await?;
+        Ok(found
+            .iter()
+            .map(|d| {
+                let field = |name| d.get_str(name).unwrap_or_default().to_owned();
+                (field("_id"), (field("owner"), d.get_i64("epoch").unwrap_or_default()))
+            })
+            .collect())
     }
 
     /// Hands a lease back (after its last flush and snapshot): free for others at once.
