@@ -185,6 +185,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Reconcile(args) => reconcile_now(&config, args).await,
         Command::Run(clock) => {
             let as_of = as_of_policy(clock, config.service.clock);
+            if config.cluster.enabled {
+                return run_in_cluster(&config, as_of).await;
+            }
             let plan = Plan {
                 start: StartAt::Beginning,
                 as_of,
@@ -478,6 +481,67 @@ fn dead_letter_producer(
         info!(letters = sent.len(), seconds = t.elapsed().as_secs_f64(), "dead letters already sent, not sent again");
     }
     Ok(DeadLetters::new(k, policy, sent)?)
+}
+
+/// `run` with `cluster.enabled`: this instance holds the partitions its leases give it
+/// (see [`crate::cluster::node`]).
+async fn run_in_cluster(config: &Config, as_of: AsOf) -> Result<()> {
+    use crate::cluster::leases::Leases;
+    use crate::cluster::node::{Node, NodeParts, NodeSettings};
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::new(config.service.ready_max_lag));
+    let shutdown = CancellationToken::new();
+    install_signal_handlers(shutdown.clone());
+    let k = &config.kafka;
+    let source = Source::connect(k, vec![k.topic.clone()])?;
+    let sink = MongoSink::connect(&config.mongo).await?;
+    sink.prepare().await?;
+    health.set_mongo_ok(true);
+    if !config.service.http_listen.is_empty() {
+        // The query API answers from a single instance's state only: in a cluster its
+        // requests find no worker (503); the views are in MongoDB.
+        let (client, _) = crate::query::channel();
+        let (addr, _) = crate::http::serve(
+            &config.service.http_listen,
+            (metrics.clone(), health.clone()),
+            (client, None),
+            &config.service.api_token,
+            shutdown.child_token(),
+        )
+        .await?;
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let instance = match config.cluster.instance_id.as_str() {
+        "" => std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("martstream-{}", std::process::id())),
+        id => id.to_owned(),
+    };
+    let from_start = source.partitions.iter().map(|&tp| (tp, 0)).collect();
+    let dlq = dead_letter_producer(config, DeadLetterPolicy::New, &source.topics, &from_start)?;
+    let lease_ttl = Duration::from_millis(config.cluster.lease_ttl_ms);
+    let leases = Leases::new(sink.database(), instance, lease_ttl);
+    let settings = NodeSettings {
+        topic: k.topic.clone(),
+        dlq_topic: k.dlq_topic.clone(),
+        database: config.mongo.database.clone(),
+        views: config.views.clone(),
+        as_of,
+        flush_every: Duration::from_millis(config.service.flush_interval_ms),
+        snapshot_every: Duration::from_millis(config.snapshot.interval_ms),
+        lease_ttl,
+        backoff: Backoff {
+            initial: Duration::from_millis(config.service.retry_initial_ms),
+            max: Duration::from_millis(config.service.retry_max_ms),
+        },
+        shutdown_timeout: Duration::from_millis(config.service.shutdown_timeout_ms),
+    };
+    let parts = NodeParts { source: Arc::new(source), sink, leases, dlq, metrics, health };
+    Node::new(settings, parts).run(shutdown).await?;
+    info!("stopped");
+    Ok(())
 }
 
 /// First SIGTERM/SIGINT: graceful (flush, then exit). Second: exit at once. The signal

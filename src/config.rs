@@ -41,6 +41,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub service: ServiceConfig,
     pub snapshot: SnapshotConfig,
+    pub cluster: ClusterConfig,
     pub reconcile: ReconcileConfig,
     pub views: ViewConfig,
     pub log: LogConfig,
@@ -308,6 +309,26 @@ pub struct SnapshotConfig {
     pub keep: usize,
 }
 
+/// Several instances sharing the input partitions (docs/DEPLOYMENT.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Share the partitions with the other instances on the same database (leases in
+    /// MongoDB); off: this instance reads every partition.
+    pub enabled: bool,
+    /// This instance's id, stable across its restarts; empty: the host name.
+    pub instance_id: String,
+    /// A lease not renewed within this is taken by another instance (how long a killed
+    /// instance's partitions wait).
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { enabled: false, instance_id: String::new(), lease_ttl_ms: 10_000 }
+    }
+}
+
 impl Default for SnapshotConfig {
     fn default() -> Self {
         SnapshotConfig { enabled: true, dir: "var/snapshots".into(), interval_ms: 60_000, keep: 3 }
@@ -396,6 +417,14 @@ impl Config {
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             {
                 return bad(format!("{key} {name:?} is not a valid topic name"));
+            }
+        }
+        if self.cluster.enabled {
+            if !self.kafka.sessions_topic.is_empty() {
+                return bad("cluster.enabled reads no sessions topic yet: set kafka.sessions_topic = \"\"".into());
+            }
+            if self.cluster.lease_ttl_ms < 1000 {
+                return bad("cluster.lease_ttl_ms must be at least 1000".into());
             }
         }
         if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {

@@ -20,7 +20,7 @@ use super::reconcile::{
 use super::rfm::{Customer, DimRow, RfmConfig, RfmDoc, RfmState};
 use super::session::{Session, SessionFact};
 use super::trends::{Granularity, TrendChanges, TrendConfig, TrendState};
-use super::warehouse::{DimCustomer, DimDocs, DimProduct, Fact, Restate, Warehouse};
+use super::warehouse::{DimCustomer, DimDocs, Fact, Restate, Warehouse};
 use super::FastMap;
 
 /// The view settings of `[views]`.
@@ -149,6 +149,12 @@ impl Engine {
     /// its customers against the value counts of every part ([`Engine::flush_part_views`]).
     pub fn new_part(config: ViewConfig) -> Self {
         Engine { part: Some(Box::default()), ..Engine::new(config) }
+    }
+
+    /// A part restored from its snapshot (taken right after the part sent its partials, so
+    /// none wait: snapshots do not carry them).
+    pub fn into_part(self) -> Self {
+        Engine { part: Some(Box::default()), ..self }
     }
 
     /// A part's changes since the last call: its value counts, its products' and trends'
@@ -565,18 +571,7 @@ impl Engine {
         let products = changed
             .products
             .into_iter()
-            .filter_map(|(key, id)| {
-                let p = self.products.product(&id)?;
-                let latest = |slot: &Option<(_, String)>| slot.as_ref().map(|(_, v)| v.clone());
-                Some(DimProduct {
-                    product_key: key,
-                    product_name: latest(&p.name),
-                    category: p.category_or_default().to_owned(),
-                    subcategory: latest(&p.subcategory),
-                    brand: latest(&p.brand),
-                    product_id: id,
-                })
-            })
+            .filter_map(|(key, id)| self.products.dim_row(id, key))
             .collect();
         let mut customers = self.warehouse.take_restated(restate, &changed.customers);
         let written: std::collections::HashSet<i32> = customers.iter().map(|c| c.customer_key).collect();

@@ -15,7 +15,7 @@ use super::trends::{TrendChanges, TrendDeltas, TrendState};
 use super::ViewConfig;
 
 /// A part's changes since it last sent them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Partials {
     /// How the counts of its customers' R, F and M values changed (for the quintiles).
     pub rfm_counts: Vec<CountDelta>,
@@ -53,6 +53,11 @@ impl SharedViews {
     pub fn apply(&mut self, gathered: &Partials) -> Vec<String> {
         self.trends.apply_deltas(&gathered.trends);
         self.products.apply_deltas(&gathered.products)
+    }
+
+    /// The dim_product row of `product_id` under `key`, with its latest attributes.
+    pub fn dim_product(&self, product_id: String, key: i32) -> Option<super::warehouse::DimProduct> {
+        self.products.dim_row(product_id, key)
     }
 
     /// The documents that changed as of `as_of` (every document with `full`).

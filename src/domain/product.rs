@@ -165,13 +165,13 @@ fn line_figures(tx: &Transaction, i: usize) -> ProductDay {
 /// ([`ProductState::apply_deltas`]) and writes what one state holding every event would
 /// (scale-out, docs/DESIGN.md). `arrival` settles ties of event time; across partitions it
 /// must order arrivals the same way everywhere (e.g. partition and offset).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProductDeltas {
     pub products: BTreeMap<Box<str>, ProductDelta>,
 }
 
 /// One product's share of [`ProductDeltas`].
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProductDelta {
     /// Net figures per date.
     pub days: BTreeMap<i32, ProductDay>,
@@ -289,6 +289,20 @@ impl ProductState {
 
     pub fn product(&self, id: &str) -> Option<&Product> {
         self.products.get(id)
+    }
+
+    /// The dim_product row of `product_id` under `key`, with its latest attributes.
+    pub fn dim_row(&self, product_id: String, key: i32) -> Option<super::warehouse::DimProduct> {
+        let p = self.product(&product_id)?;
+        let latest = |slot: &Option<(_, String)>| slot.as_ref().map(|(_, v)| v.clone());
+        Some(super::warehouse::DimProduct {
+            product_key: key,
+            product_name: latest(&p.name),
+            category: p.category_or_default().to_owned(),
+            subcategory: latest(&p.subcategory),
+            brand: latest(&p.brand),
+            product_id,
+        })
     }
 
     pub fn product_count(&self) -> usize {

@@ -96,7 +96,7 @@ impl Bucket {
 /// flushes: the counts of its events per date. Additive, so the one owner of the trends
 /// view applies every part's ([`TrendState::apply_deltas`]) and writes what one state
 /// holding every event would (scale-out, docs/DESIGN.md).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrendDeltas {
     pub days: BTreeMap<i32, Bucket>,
     /// Browsing sessions per date (the daily documents' cart figures).

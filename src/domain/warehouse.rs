@@ -49,6 +49,11 @@ impl<K: Eq + Hash + Clone> KeyRegistry<K> {
         (key, true)
     }
 
+    /// An empty registry whose first key is `next`.
+    pub fn starting_at(next: i32) -> Self {
+        KeyRegistry { keys: Default::default(), next }
+    }
+
     pub fn get<Q>(&self, k: &Q) -> Option<i32>
     where
         K: Borrow<Q>,

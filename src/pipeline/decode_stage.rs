@@ -23,13 +23,13 @@ use crate::kafka::source::Source;
 const AHEAD: usize = 1024;
 
 /// A decoded event of one of the input kinds.
-pub(super) enum Event {
+pub(crate) enum Event {
     Transaction(Decoded),
     Session(Decoded<Session>),
 }
 
 /// One message, decoded, with what the worker needs to track and dead-letter it.
-pub(super) struct Ingested {
+pub(crate) struct Ingested {
     /// Index into the source's topics.
     pub topic: usize,
     pub partition: i32,
@@ -41,7 +41,7 @@ pub(super) struct Ingested {
 }
 
 /// The running stage: its output, and the task (aborted when this is dropped).
-pub(super) struct DecodeStage {
+pub(crate) struct DecodeStage {
     pub output: mpsc::Receiver<Ingested>,
     task: JoinHandle<()>,
 }

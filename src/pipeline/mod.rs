@@ -20,7 +20,7 @@
 //! waited for until then; the snapshot persisted is the newest whose flush MongoDB
 //! acknowledged, so nothing is lost when MongoDB was too slow to take the rest.
 
-mod decode_stage;
+pub(crate) mod decode_stage;
 pub mod sink_lanes;
 mod worker_dead_letters;
 mod worker_flush;
