@@ -254,7 +254,9 @@ impl MongoSink {
     /// As mongorestore does, collection options come first and secondary indexes after the
     /// data: see [`MongoSink::create_indexes`].
     pub async fn prepare_collections(&self) -> Result<(), SinkError> {
-        for collection in [FACT_SALES, FACT_RETURNS] {
+        // Twice at most: another instance starting at the same time may create it between
+        // the look and the create (NamespaceExists); then its options are looked at again.
+        for collection in [FACT_SALES, FACT_RETURNS, FACT_SALES, FACT_RETURNS] {
             let fail =
                 |e: mongodb::error::Error| SinkError::Prepare { collection: collection.into(), reason: first_line(&e) };
             let existing = self.db.list_collections().filter(doc! { "name": collection }).await.map_err(fail)?;
@@ -272,7 +274,12 @@ impl MongoSink {
                 Some(_) => Some(doc! { "collMod": collection, "validator": validator, "validationLevel": "strict" }),
             };
             if let Some(command) = command {
-                self.db.run_command(command).await.map_err(fail)?;
+                match self.db.run_command(command).await {
+                    Err(e) if matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 48) => {}
+                    other => {
+                        other.map_err(fail)?;
+                    }
+                }
             }
         }
         self.upsert(DIM_TIME, documents::dim_time()).await?;
