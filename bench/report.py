@@ -136,6 +136,40 @@ events). In one process, no I/O: what the split itself costs, and what a second 
 gives it.
 
 """ + "\n".join(f"`{l}`  " for l in parts_lines) + "\n") if parts_lines else ""
+def scale(line):
+    """(seconds, events/s, cpu s, µs/event, rss MB, mongod cpu s, broker cpu s) of a cluster_bench line."""
+    m = re.search(r": ([0-9.]+) s, ([0-9]+) events/s, cpu ([0-9.]+) s \(([0-9.]+) µs/event\), rss ([0-9]+) MB"
+                  r"(?:.*mongod cpu ([0-9.]+) s)?(?:.*broker cpu ([0-9.]+) s)?", line or "")
+    return tuple(float(x) if x else float("nan") for x in m.groups()) if m else (float("nan"),) * 7
+
+
+scale_rows = [(label, scale(env.get(key))) for label, key in (
+    ("one instance, classic (baseline)", "SCALE_ONE"), ("cluster mode, 1 instance", "SCALE_1"),
+    ("cluster mode, 2 instances", "SCALE_2")) if env.get(key)]
+scale_section = ""
+if scale_rows:
+    base_s = scale_rows[0][1][0]
+    one_s = next((r[0] for l, r in scale_rows if l.endswith("1 instance")), float("nan"))
+    scale_section = (f"""
+## 7. Scale-out: one instance, then one and two in cluster mode
+
+`scripts/bench` step 8 (`target/release/cluster_bench`): {int(num("SCALE_EVENTS", 0)):,} events (the
+load generator's, refunds, duplicates and malformed ones included; a tenth as many
+customers) in an 8-partition topic, read from the beginning into an empty database until
+every partition is read and its views written: for the classic instance, its /metrics show
+no lag and nothing waiting for MongoDB; in cluster mode, the exchange holds every
+partition's chunks to its end. CPU seconds are the processes' own (/proc) over the same
+time, MongoDB's and the broker's beside them: all three share this machine's cores.
+
+| | seconds | vs classic | vs 1 cluster instance | service CPU s (µs/event) | RSS MB per instance | mongod CPU s | broker CPU s |
+|---|---:|---:|---:|---:|---:|---:|---:|
+""" + "\n".join(
+        f"| {label} | {r[0]:.2f} | {base_s / r[0]:.2f}× | {one_s / r[0]:.2f}× | {r[2]:.1f} ({r[3]:.0f}) | {r[4]:.0f} | {r[5]:.1f} | {r[6]:.1f} |"
+        for label, r in scale_rows) + """
+
+(× = speed relative to the row named: above 1, faster.) How this extends to larger
+machines, from these per-event costs, is worked out in docs/DEPLOYMENT.md ("Sizing").
+""")
 ms_file = seconds(env.get("FILE_MS"))
 ms_file2 = seconds(env.get("FILE_MS_DECODE_BESIDE"))
 duck = seconds(env.get("FILE_DUCKDB"))
@@ -375,6 +409,7 @@ and the per-day query (the least any comparison pays), best of two warm runs.
 `{env.get("RECON_CUT", "")}`
 `{env.get("RECON_LOAD", "")}`
 
+{scale_section}
 ## What the numbers show (from profiling and the runs behind them; written by hand, not measured by this script)
 
 - **Two lanes.** The views (customer_rfm_analysis, product_performance, sales_trends) are
@@ -458,6 +493,7 @@ and the per-day query (the least any comparison pays), best of two warm runs.
 ```sh
 scripts/bench                     # everything above; BENCH_QUICK=1 for a short trial
 BENCH_STEPS="2 3" BENCH_REUSE=.bench/run-N scripts/bench   # re-run steps 2 and 3 only
+target/release/cluster_bench --topic T --mongo-uri U --database D --instances 2 -- martstream ... run
 cargo bench --bench engine
 cargo bench --bench restore -- 100000 1000000 5000000
 cargo bench --bench views_from_file -- events.jsonl

@@ -36,11 +36,14 @@ pub struct Chunk {
     pub partials: Partials,
 }
 
-/// Whether a publication wrote the chunk or found it there (a replay's).
+/// Whether a publication wrote the chunk or found one starting there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
     Written,
-    AlreadyThere,
+    /// A chunk from the same offset was there, ending at `to`: a replay's, the same chunk
+    /// when `to` is this one's; otherwise another instance published for the partition
+    /// (a former holder that had not stopped yet), and its chain is the one readers follow.
+    AlreadyThere { to: i64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,9 +90,13 @@ impl Exchange {
             "watermark_ms": chunk.watermark_ms,
             "partials": Binary { subtype: BinarySubtype::Generic, bytes },
         };
+        let id = format!("{}/{}", chunk.partition, chunk.from);
         match self.chunks.insert_one(document).await {
             Ok(_) => Ok(Published::Written),
-            Err(e) if is_duplicate_key(&e) => Ok(Published::AlreadyThere),
+            Err(e) if is_duplicate_key(&e) => {
+                let there = self.chunks.find_one(doc! { "_id": id }).projection(doc! { "to": 1 }).await?;
+                Ok(Published::AlreadyThere { to: there.and_then(|d| d.get_i64("to").ok()).unwrap_or(-1) })
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::assignment::moves;
-use super::exchange::{Chunk, Exchange};
+use super::exchange::{Chunk, Exchange, Published};
 use super::keys::{customer_key_base, KeyAllocator, KeyKind};
 use super::leases::{key, Leases};
 use super::part_snapshots::PartSnapshots;
@@ -473,8 +473,21 @@ impl Node {
         };
         let epoch = h.epoch;
         let exchange = self.exchange.clone();
-        retrying("publishing to the exchange", self.settings.backoff, &self.health, || exchange.publish(&chunk, epoch))
-            .await;
+        let published =
+            retrying("publishing to the exchange", self.settings.backoff, &self.health, || exchange.publish(&chunk, epoch))
+                .await;
+        if let Published::AlreadyThere { to } = published {
+            if to != chunk.to {
+                // Another instance published for this partition after this one took it (it
+                // had not noticed its lease expire): the readers follow its chunks, so this
+                // part starts again from the snapshot, to the ends published.
+                warn!(partition = p, from = chunk.from, to, ours = chunk.to, "another instance published for this partition: restoring it again");
+                self.held.remove(&p);
+                self.take(p, epoch).await;
+                self.assign();
+                return;
+            }
+        }
         let h = self.held.get_mut(&p).expect("held");
         h.published_to = chunk.to;
         while h.ends.front().is_some_and(|&end| end <= chunk.to) {
@@ -510,29 +523,25 @@ impl Node {
             self.watermark_ms = self.watermark_ms.max(c.watermark_ms);
         }
         let Some(as_of) = self.as_of() else { return };
-        if !self.new_locations.is_empty() {
-            let rows = ViewChanges {
-                dims: DimDocs { locations: std::mem::take(&mut self.new_locations), ..DimDocs::default() },
-                ..ViewChanges::default()
-            };
-            self.write(&rows, false).await;
-        }
-        let parts: Vec<i32> = self.held.keys().copied().collect();
-        for p in parts {
-            let h = self.held.get_mut(&p).expect("held");
+        // Every part's documents in one write per lane (the other partitions' documents
+        // stay: never `complete`).
+        let mut views = ViewChanges::default();
+        let mut bulk = ViewChanges {
+            dims: DimDocs { locations: std::mem::take(&mut self.new_locations), ..DimDocs::default() },
+            ..ViewChanges::default()
+        };
+        for h in self.held.values_mut() {
             if h.position != h.published_to {
                 continue; // on its way to a published end: its customers' counts are not all sent
             }
-            let mut views = h.engine.flush_part_views(as_of, h.full, &self.counts);
-            views.complete = false; // the other partitions' documents stay
-            let bulk = h.engine.flush_bulk(Restate::All);
+            views.absorb(h.engine.flush_part_views(as_of, h.full, &self.counts));
+            bulk.absorb(h.engine.flush_bulk(Restate::All));
             h.full = false;
-            self.write(&views, true).await;
-            self.write(&bulk, false).await;
         }
         let owner = self.held.contains_key(&self.partitions[0]);
         if owner {
             let (products, trends) = self.shared.flush(as_of, !self.owner);
+            (views.products, views.trends) = (products, trends);
             let mut rows = Vec::new();
             for id in std::mem::take(&mut self.changed_products) {
                 let keys = &self.keys;
@@ -540,12 +549,15 @@ impl Node {
                     retrying("allocating a product key", backoff, &self.health, || keys.key(KeyKind::Product, &id)).await;
                 rows.extend(self.shared.dim_product(id, k));
             }
-            let views = ViewChanges { products, trends, ..ViewChanges::default() };
-            self.write(&views, true).await;
-            let dims = ViewChanges { dims: DimDocs { products: rows, ..DimDocs::default() }, ..ViewChanges::default() };
-            self.write(&dims, false).await;
+            bulk.dims.products = rows;
         }
         self.owner = owner;
+        if !views.is_empty() {
+            self.write(&views, true).await;
+        }
+        if !bulk.is_empty() {
+            self.write(&bulk, false).await;
+        }
         let due: Vec<i32> = self
             .held
             .iter()

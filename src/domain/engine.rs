@@ -78,6 +78,20 @@ pub struct ViewChanges {
 }
 
 impl ViewChanges {
+    /// Adds the customers' documents, facts and dimension rows of `other` (the parts of a
+    /// scale-out instance write theirs together); products, trends and `complete` stay.
+    pub fn absorb(&mut self, other: ViewChanges) {
+        self.rfm.extend(other.rfm);
+        self.rfm_deletes.extend(other.rfm_deletes);
+        self.facts.extend(other.facts);
+        self.fact_removals.extend(other.fact_removals);
+        self.sessions.extend(other.sessions);
+        self.dims.products.extend(other.dims.products);
+        self.dims.customers.extend(other.dims.customers);
+        self.dims.locations.extend(other.dims.locations);
+        self.dims.dates.extend(other.dims.dates);
+    }
+
     pub fn is_empty(&self) -> bool {
         !self.complete
             && self.facts.is_empty()
