@@ -29,8 +29,10 @@
 //! - [`health`], [`http`], [`telemetry`]: readiness flags, the /metrics /healthz /readyz and
 //!   /v1 endpoints, the Prometheus metrics (all defined in one place), end-to-end latency
 //!   (hdrhistogram) and logging.
-//! - [`cluster`]: several instances sharing the partitions: leases and heartbeats in MongoDB,
-//!   the assignment policy (scale-out, not yet wired into `run`).
+//! - [`cluster`]: several instances sharing the partitions (`cluster.enabled`): leases and
+//!   heartbeats in MongoDB and the assignment policy, the exchange of per-partition
+//!   partials (`cluster::exchange`), per-partition snapshots in MongoDB, the surrogate-key
+//!   allocator, and `cluster::node`, one instance's loop over the partitions it holds.
 //! - [`cli`]: the `martstream` command (`run`, `replay`, `reconcile`, `migrate`,
 //!   `topics create`, `check-config`);
 //!   `main.rs` only parses arguments and calls it.

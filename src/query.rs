@@ -81,12 +81,20 @@ impl Mirror {
     /// Answers a query from the engine and the mirror.
     pub fn answer(&self, engine: &Engine, q: &Query) -> Answer {
         match q {
-            Query::Customer(id) => engine.rfm().view(id).map(|d| view_json(documents::rfm(&d, d.analysis_date).1)),
+            Query::Customer(id) => customer(engine, id),
             Query::Segments => {
                 let counts = engine.rfm().segment_counts();
                 let total: u64 = counts.values().sum();
                 Some(json!({ "customers": total, "segments": counts }))
             }
+            shared => self.answer_shared(shared).flatten(),
+        }
+    }
+
+    /// Answers a query about products or trends from the mirror; `None` for the others.
+    pub fn answer_shared(&self, q: &Query) -> Option<Answer> {
+        Some(match q {
+            Query::Customer(_) | Query::Segments => return None,
             Query::TopProducts { category, n } => {
                 let mut docs: Vec<&ProductDoc> =
                     self.products.values().filter(|d| category.as_ref().is_none_or(|c| &d.category == c)).collect();
@@ -114,8 +122,36 @@ impl Mirror {
                     .collect();
                 Some(json!({ "trend_type": g.as_str(), "periods": items }))
             }
+        })
+    }
+}
+
+/// A customer's customer_rfm_analysis document as of the engine's last flush.
+pub fn customer(engine: &Engine, id: &str) -> Answer {
+    engine.rfm().view(id).map(|d| view_json(documents::rfm(&d, d.analysis_date).1))
+}
+
+/// Customers per segment from MongoDB's customer_rfm_analysis (every configured segment
+/// listed, empty ones with 0): the answer of an instance that holds only some customers.
+pub async fn segments_in(db: &mongodb::Database, names: Vec<String>) -> Answer {
+    use futures::TryStreamExt;
+    let pipeline = [mongodb::bson::doc! { "$group": { "_id": "$rfm_segment", "n": { "$sum": 1_i64 } } }];
+    let groups: Vec<Document> =
+        db.collection::<Document>(documents::CUSTOMER_RFM).aggregate(pipeline).await.ok()?.try_collect().await.ok()?;
+    let mut counts: BTreeMap<String, u64> = names.into_iter().map(|n| (n, 0)).collect();
+    for g in groups {
+        if let Ok(name) = g.get_str("_id") {
+            counts.insert(name.to_owned(), g.get_i64("n").unwrap_or(0) as u64);
         }
     }
+    let total: u64 = counts.values().sum();
+    Some(json!({ "customers": total, "segments": counts }))
+}
+
+/// A customer's customer_rfm_analysis document as MongoDB holds it.
+pub async fn customer_in(db: &mongodb::Database, id: &str) -> Answer {
+    let found = db.collection::<Document>(documents::CUSTOMER_RFM).find_one(mongodb::bson::doc! { "_id": id }).await;
+    found.ok().flatten().map(to_json)
 }
 
 /// A view document as the sink builds it, as plain JSON (see [`to_json`]).
