@@ -497,10 +497,10 @@ async fn run_in_cluster(config: &Config, as_of: AsOf) -> Result<()> {
     let sink = MongoSink::connect(&config.mongo).await?;
     sink.prepare().await?;
     health.set_mongo_ok(true);
+    let mut queries = None;
     if !config.service.http_listen.is_empty() {
-        // The query API answers from a single instance's state only: in a cluster its
-        // requests find no worker (503); the views are in MongoDB.
-        let (client, _) = crate::query::channel();
+        let (client, rx) = crate::query::channel();
+        queries = Some(rx);
         let (addr, _) = crate::http::serve(
             &config.service.http_listen,
             (metrics.clone(), health.clone()),
@@ -509,7 +509,7 @@ async fn run_in_cluster(config: &Config, as_of: AsOf) -> Result<()> {
             shutdown.child_token(),
         )
         .await?;
-        info!(%addr, "serving /metrics, /healthz and /readyz");
+        info!(%addr, "serving /metrics, /healthz, /readyz and the query API under /v1");
     }
     let instance = match config.cluster.instance_id.as_str() {
         "" => std::fs::read_to_string("/etc/hostname")
@@ -538,7 +538,7 @@ async fn run_in_cluster(config: &Config, as_of: AsOf) -> Result<()> {
         },
         shutdown_timeout: Duration::from_millis(config.service.shutdown_timeout_ms),
     };
-    let parts = NodeParts { source: Arc::new(source), sink, leases, dlq, metrics, health };
+    let parts = NodeParts { source: Arc::new(source), sink, leases, dlq, metrics, health, queries };
     Node::new(settings, parts).run(shutdown).await?;
     info!("stopped");
     Ok(())

@@ -43,7 +43,9 @@ pub enum Published {
     /// A chunk from the same offset was there, ending at `to`: a replay's, the same chunk
     /// when `to` is this one's; otherwise another instance published for the partition
     /// (a former holder that had not stopped yet), and its chain is the one readers follow.
-    AlreadyThere { to: i64 },
+    AlreadyThere {
+        to: i64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,14 +142,18 @@ impl Exchange {
             self.chunks.find(doc! { "$or": wanted }).sort(doc! { "p": 1, "from": 1 }).await?.try_collect().await?;
         let mut out = Vec::new();
         for d in found {
-            let (p, from, to) = (d.get_i32("p").unwrap_or(-1), d.get_i64("from").unwrap_or(-1), d.get_i64("to").unwrap_or(-1));
+            let (p, from, to) =
+                (d.get_i32("p").unwrap_or(-1), d.get_i64("from").unwrap_or(-1), d.get_i64("to").unwrap_or(-1));
             let at = applied.entry(p).or_insert(0);
             if from != *at {
                 continue; // a gap (its chunk is not visible yet) or one already applied
             }
             let id = d.get_str("_id").unwrap_or_default().to_owned();
-            let bytes = d.get_binary_generic("partials").map_err(|e| ExchangeError::Decode { id: id.clone(), reason: e.to_string() })?;
-            let partials = postcard::from_bytes(bytes).map_err(|e| ExchangeError::Decode { id, reason: e.to_string() })?;
+            let bytes = d
+                .get_binary_generic("partials")
+                .map_err(|e| ExchangeError::Decode { id: id.clone(), reason: e.to_string() })?;
+            let partials =
+                postcard::from_bytes(bytes).map_err(|e| ExchangeError::Decode { id, reason: e.to_string() })?;
             *at = to;
             out.push(Chunk { partition: p, from, to, watermark_ms: d.get_i64("watermark_ms").ok(), partials });
         }

@@ -59,7 +59,10 @@ impl KeyAllocator {
             None => {
                 let counter = self
                     .keys
-                    .find_one_and_update(doc! { "_id": format!("counter:{}", kind.as_str()) }, doc! { "$inc": { "next": 1 } })
+                    .find_one_and_update(
+                        doc! { "_id": format!("counter:{}", kind.as_str()) },
+                        doc! { "$inc": { "next": 1 } },
+                    )
                     .upsert(true)
                     .return_document(ReturnDocument::After)
                     .await?

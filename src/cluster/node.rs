@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -46,6 +47,7 @@ use crate::kafka::dlq::{DeadLetters, SourcePosition};
 use crate::kafka::source::Source;
 use crate::pipeline::decode_stage::{DecodeStage, Event, Ingested};
 use crate::pipeline::{AsOf, Backoff, InputKind};
+use crate::query::{self, Mirror, Query};
 use crate::sink::mongo::MongoSink;
 use crate::snapshot::format::{self, SnapshotMeta};
 use crate::telemetry::Metrics;
@@ -73,6 +75,8 @@ pub struct NodeParts {
     pub dlq: DeadLetters,
     pub metrics: Metrics,
     pub health: Arc<Health>,
+    /// Queries from the HTTP API.
+    pub queries: Option<mpsc::Receiver<query::Request>>,
 }
 
 /// The state of one held partition.
@@ -130,6 +134,9 @@ pub struct Node {
     /// When the last successful renewal started.
     renewed: Option<Instant>,
     scratch: String,
+    queries: Option<mpsc::Receiver<query::Request>>,
+    /// The shared views as of the last flush, for queries (every instance keeps them).
+    mirror: Mirror,
 }
 
 /// Retries `op` with doubling delays until it succeeds.
@@ -158,7 +165,7 @@ async fn retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
 
 impl Node {
     pub fn new(settings: NodeSettings, parts: NodeParts) -> Node {
-        let NodeParts { source, sink, leases, dlq, metrics, health } = parts;
+        let NodeParts { source, sink, leases, dlq, metrics, health, queries } = parts;
         let db = sink.database().clone();
         let mut partitions: Vec<i32> = source.partitions.iter().map(|&(_, p)| p).collect();
         partitions.sort_unstable();
@@ -184,6 +191,8 @@ impl Node {
             new_locations: Vec::new(),
             renewed: None,
             scratch: String::new(),
+            queries,
+            mirror: Mirror::default(),
         }
     }
 
@@ -194,6 +203,7 @@ impl Node {
         let mut decoded = DecodeStage::spawn(self.source.clone(), vec![InputKind::Transactions]);
         let mut lease_tick = tokio::time::interval(self.settings.lease_ttl / 4);
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut queries = self.queries.take().unwrap_or_else(|| query::channel().1);
         let mut flush_tick = tokio::time::interval(self.settings.flush_every);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.health.set_state_ready(true);
@@ -208,6 +218,7 @@ impl Node {
                         warn!(error = %e, "lease round failed; trying again at the next");
                     }
                 }
+                Some((q, reply)) = queries.recv() => self.answer(q, reply),
                 _ = flush_tick.tick() => self.flush().await,
                 Some(m) = decoded.output.recv() => self.handle(m).await,
             }
@@ -305,7 +316,9 @@ impl Node {
         };
         let exchange = self.exchange.clone();
         let ends: VecDeque<i64> =
-            retrying("reading the exchange", backoff, &self.health, || exchange.published_ends(p, position)).await.into();
+            retrying("reading the exchange", backoff, &self.health, || exchange.published_ends(p, position))
+                .await
+                .into();
         info!(partition = p, epoch, position, published_beyond = ends.len(), "partition taken");
         self.held.insert(
             p,
@@ -339,6 +352,36 @@ impl Node {
             Err(e) => warn!(partition = p, error = %e, "releasing the lease failed; it expires instead"),
         }
         self.held.remove(&p);
+    }
+
+    /// A query: products and trends from the shared views (every instance has them); a
+    /// customer from the part holding it, else from MongoDB (its holder wrote it there);
+    /// segment counts from MongoDB (they span every instance's customers).
+    fn answer(&self, q: Query, reply: oneshot::Sender<query::Answer>) {
+        if let Some(a) = self.mirror.answer_shared(&q) {
+            let _ = reply.send(a);
+            return;
+        }
+        let db = self.sink.database().clone();
+        match q {
+            Query::Customer(id) => match self.held.values().find_map(|h| query::customer(&h.engine, &id)) {
+                Some(a) => {
+                    let _ = reply.send(Some(a));
+                }
+                None => {
+                    tokio::spawn(async move {
+                        let _ = reply.send(query::customer_in(&db, &id).await);
+                    });
+                }
+            },
+            _ => {
+                let rfm = &self.settings.views.rfm;
+                let names = rfm.segments.iter().map(|r| r.name.clone()).chain([rfm.fallback_segment.clone()]).collect();
+                tokio::spawn(async move {
+                    let _ = reply.send(query::segments_in(&db, names).await);
+                });
+            }
+        }
     }
 
     /// Reads the held partitions from their positions.
@@ -414,9 +457,13 @@ impl Node {
                 timestamp_ms: m.timestamp_ms,
             };
             if self.dlq.wanted(&from) {
-                while let Err(e) =
-                    self.dlq.enqueue(&self.settings.dlq_topic, m.key.as_deref(), m.payload.as_deref(), &rejection, &from)
-                {
+                while let Err(e) = self.dlq.enqueue(
+                    &self.settings.dlq_topic,
+                    m.key.as_deref(),
+                    m.payload.as_deref(),
+                    &rejection,
+                    &from,
+                ) {
                     warn!(error = %e, "dead-letter producer refused the message; waiting for outstanding deliveries");
                     self.dlq.settle().await;
                 }
@@ -447,9 +494,10 @@ impl Node {
             if self.held[&p].engine.warehouse().locations.get(self.scratch.as_str()).is_none() {
                 let natural = self.scratch.clone();
                 let keys = &self.keys;
-                let (k, new) =
-                    retrying("allocating a location key", backoff, &self.health, || keys.key(KeyKind::Location, &natural))
-                        .await;
+                let (k, new) = retrying("allocating a location key", backoff, &self.health, || {
+                    keys.key(KeyKind::Location, &natural)
+                })
+                .await;
                 self.held.get_mut(&p).expect("held").engine.warehouse_mut().locations.preload(natural.into(), k);
                 if new {
                     self.new_locations.push((k, l.clone()));
@@ -473,15 +521,22 @@ impl Node {
         };
         let epoch = h.epoch;
         let exchange = self.exchange.clone();
-        let published =
-            retrying("publishing to the exchange", self.settings.backoff, &self.health, || exchange.publish(&chunk, epoch))
-                .await;
+        let published = retrying("publishing to the exchange", self.settings.backoff, &self.health, || {
+            exchange.publish(&chunk, epoch)
+        })
+        .await;
         if let Published::AlreadyThere { to } = published {
             if to != chunk.to {
                 // Another instance published for this partition after this one took it (it
                 // had not noticed its lease expire): the readers follow its chunks, so this
                 // part starts again from the snapshot, to the ends published.
-                warn!(partition = p, from = chunk.from, to, ours = chunk.to, "another instance published for this partition: restoring it again");
+                warn!(
+                    partition = p,
+                    from = chunk.from,
+                    to,
+                    ours = chunk.to,
+                    "another instance published for this partition: restoring it again"
+                );
                 self.held.remove(&p);
                 self.take(p, epoch).await;
                 self.assign();
@@ -515,7 +570,8 @@ impl Node {
         }
         let exchange = self.exchange.clone();
         let (applied, partitions) = (&self.applied, &self.partitions);
-        let chunks = retrying("reading the exchange", backoff, &self.health, || exchange.pull(applied, partitions)).await;
+        let chunks =
+            retrying("reading the exchange", backoff, &self.health, || exchange.pull(applied, partitions)).await;
         for c in &chunks {
             self.applied.insert(c.partition, c.to);
             self.counts.apply(&c.partials.rfm_counts);
@@ -538,15 +594,20 @@ impl Node {
             bulk.absorb(h.engine.flush_bulk(Restate::All));
             h.full = false;
         }
+        // Every instance flushes the shared views (for its queries); the holder of the
+        // lowest partition writes them, all of them when it just became that holder.
         let owner = self.held.contains_key(&self.partitions[0]);
+        let (products, trends) = self.shared.flush(as_of, owner && !self.owner);
+        let shared = ViewChanges { products, trends, ..ViewChanges::default() };
+        self.mirror.apply(&shared);
         if owner {
-            let (products, trends) = self.shared.flush(as_of, !self.owner);
-            (views.products, views.trends) = (products, trends);
+            (views.products, views.trends) = (shared.products, shared.trends);
             let mut rows = Vec::new();
             for id in std::mem::take(&mut self.changed_products) {
                 let keys = &self.keys;
                 let (k, _) =
-                    retrying("allocating a product key", backoff, &self.health, || keys.key(KeyKind::Product, &id)).await;
+                    retrying("allocating a product key", backoff, &self.health, || keys.key(KeyKind::Product, &id))
+                        .await;
                 rows.extend(self.shared.dim_product(id, k));
             }
             bulk.dims.products = rows;

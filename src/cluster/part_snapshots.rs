@@ -63,7 +63,8 @@ impl PartSnapshots {
             .await;
         match before {
             Ok(before) => {
-                if let Some(old) = before.and_then(|b| b.get_str("file").ok().map(str::to_owned)).filter(|f| *f != file) {
+                if let Some(old) = before.and_then(|b| b.get_str("file").ok().map(str::to_owned)).filter(|f| *f != file)
+                {
                     self.pieces.delete_many(doc! { "file": old }).await?;
                 }
                 Ok(())
@@ -82,15 +83,18 @@ impl PartSnapshots {
             return Ok(None);
         };
         let file = head.get_str("file").unwrap_or_default();
-        let pieces: Vec<Document> = self.pieces.find(doc! { "file": file }).sort(doc! { "i": 1 }).await?.try_collect().await?;
+        let pieces: Vec<Document> =
+            self.pieces.find(doc! { "file": file }).sort(doc! { "i": 1 }).await?.try_collect().await?;
         if pieces.len() as i64 != head.get_i64("pieces").unwrap_or(-1) {
             return Ok(None);
         }
         let mut bytes = Vec::new();
         for piece in &pieces {
-            bytes.extend_from_slice(piece.get_binary_generic("data").map_err(|e| {
-                mongodb::error::Error::custom(format!("snapshot piece of {file}: {e}"))
-            })?);
+            bytes.extend_from_slice(
+                piece
+                    .get_binary_generic("data")
+                    .map_err(|e| mongodb::error::Error::custom(format!("snapshot piece of {file}: {e}")))?,
+            );
         }
         Ok(Some((head.get_i64("position").unwrap_or(0), bytes)))
     }

@@ -582,11 +582,7 @@ impl Engine {
     /// Completes the dimension rows: products from their latest attributes; customers whose
     /// RFM document changed (segment, lifetime value) or who are new.
     fn dim_docs(&mut self, changed: super::warehouse::DimChanges, restate: Restate) -> DimDocs {
-        let products = changed
-            .products
-            .into_iter()
-            .filter_map(|(key, id)| self.products.dim_row(id, key))
-            .collect();
+        let products = changed.products.into_iter().filter_map(|(key, id)| self.products.dim_row(id, key)).collect();
         let mut customers = self.warehouse.take_restated(restate, &changed.customers);
         let written: std::collections::HashSet<i32> = customers.iter().map(|c| c.customer_key).collect();
         for (key, id) in changed.customers {
