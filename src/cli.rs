@@ -345,7 +345,6 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         sink.prepare().await?;
     }
     health.set_mongo_ok(true);
-    let mut queries = None;
     let mut control = None;
     let mut reconciler = None;
     // Reconciliation on demand is always there in the service; the daily run only when
@@ -366,19 +365,10 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         }
         reconciler = Some(r);
     }
-    if serve_http && !config.service.http_listen.is_empty() {
-        let (client, rx) = crate::query::channel();
-        queries = Some(rx);
-        let (addr, _) = crate::http::serve(
-            &config.service.http_listen,
-            (metrics.clone(), health.clone()),
-            (client, reconciler),
-            &config.service.api_token,
-            shutdown.child_token(),
-        )
-        .await?;
-        info!(%addr, "serving /metrics, /healthz, /readyz and the query API under /v1");
-    }
+    let queries = match serve_http {
+        true => serve_api(config, (&metrics, &health), reconciler, &shutdown).await?,
+        false => None,
+    };
 
     // `run` resumes from the newest usable snapshot; `replay` always rebuilds.
     let mut start = start;
@@ -483,6 +473,30 @@ fn dead_letter_producer(
     Ok(DeadLetters::new(k, policy, sent)?)
 }
 
+/// Serves /metrics, /healthz, /readyz and the query API on `service.http_listen` (none when
+/// it is empty); the queries arrive on the receiver returned.
+async fn serve_api(
+    config: &Config,
+    (metrics, health): (&Metrics, &Arc<Health>),
+    reconciler: Option<Arc<crate::reconcile::Reconciler>>,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::sync::mpsc::Receiver<crate::query::Request>>> {
+    if config.service.http_listen.is_empty() {
+        return Ok(None);
+    }
+    let (client, rx) = crate::query::channel();
+    let (addr, _) = crate::http::serve(
+        &config.service.http_listen,
+        (metrics.clone(), health.clone()),
+        (client, reconciler),
+        &config.service.api_token,
+        shutdown.child_token(),
+    )
+    .await?;
+    info!(%addr, "serving /metrics, /healthz, /readyz and the query API under /v1");
+    Ok(Some(rx))
+}
+
 /// `run` with `cluster.enabled`: this instance holds the partitions its leases give it
 /// (see [`crate::cluster::node`]).
 async fn run_in_cluster(config: &Config, as_of: AsOf) -> Result<()> {
@@ -497,20 +511,7 @@ async fn run_in_cluster(config: &Config, as_of: AsOf) -> Result<()> {
     let sink = MongoSink::connect(&config.mongo).await?;
     sink.prepare().await?;
     health.set_mongo_ok(true);
-    let mut queries = None;
-    if !config.service.http_listen.is_empty() {
-        let (client, rx) = crate::query::channel();
-        queries = Some(rx);
-        let (addr, _) = crate::http::serve(
-            &config.service.http_listen,
-            (metrics.clone(), health.clone()),
-            (client, None),
-            &config.service.api_token,
-            shutdown.child_token(),
-        )
-        .await?;
-        info!(%addr, "serving /metrics, /healthz, /readyz and the query API under /v1");
-    }
+    let queries = serve_api(config, (&metrics, &health), None, &shutdown).await?;
     let instance = match config.cluster.instance_id.as_str() {
         "" => std::fs::read_to_string("/etc/hostname")
             .ok()
