@@ -16,8 +16,9 @@
 //!    confirmed): the partition's position, at the end of its last published chunk.
 //!
 //! Leases are renewed every quarter TTL; the assignment policy says which to take or hand
-//! back. A taken partition's first flush writes all its customers (against the counts of
-//! now); a lost one (another instance took it after it expired) is dropped without a
+//! back. A taken partition writes facts and new keys only until it has read as far as the
+//! partition ended when it was taken; then one flush writes all its customers (against the
+//! counts of now), as a classic start converges after its backlog; a lost one (another instance took it after it expired) is dropped without a
 //! snapshot; one handed back is flushed and snapshotted first. An instance that could not
 //! renew for half a TTL stops publishing and writing until it can.
 
@@ -92,6 +93,10 @@ struct Held {
     ends: VecDeque<i64>,
     /// The next view flush writes every customer of the part.
     full: bool,
+    /// Where the partition ended when it was taken: until the part has read that far its
+    /// view flushes wait (facts and new keys are written), then one flush writes every
+    /// customer of it, as a classic start converges after its backlog.
+    backlog_end: i64,
     snapshot_position: i64,
     snapshot_taken: Instant,
 }
@@ -207,7 +212,6 @@ impl Node {
         let mut flush_tick = tokio::time::interval(self.settings.flush_every);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.health.set_state_ready(true);
-        self.health.set_converged(true);
         info!(instance = self.leases.me(), partitions = self.partitions.len(), "joining the cluster");
         loop {
             tokio::select! {
@@ -302,15 +306,15 @@ impl Node {
                 Err(e) => warn!(partition = p, error = %e, "the partition's snapshot is unusable: rebuilding it"),
             }
         }
+        let (low, high) = tokio::task::block_in_place(|| {
+            self.source.consumer.fetch_watermarks(&self.settings.topic, p, Duration::from_secs(10))
+        })
+        .unwrap_or((0, 0));
         let (engine, position) = match restored {
             Some(r) => r,
             None => {
                 let mut engine = Engine::new_part(self.settings.views.clone());
                 engine.warehouse_mut().customers = KeyRegistry::starting_at(customer_key_base(p));
-                let low = tokio::task::block_in_place(|| {
-                    self.source.consumer.fetch_watermarks(&self.settings.topic, p, Duration::from_secs(10))
-                })
-                .map_or(0, |(low, _)| low);
                 (engine, low)
             }
         };
@@ -329,6 +333,7 @@ impl Node {
                 published_to: position,
                 ends,
                 full: true,
+                backlog_end: high,
                 snapshot_position: position,
                 snapshot_taken: Instant::now(),
             },
@@ -590,6 +595,10 @@ impl Node {
             if h.position != h.published_to {
                 continue; // on its way to a published end: its customers' counts are not all sent
             }
+            if h.position < h.backlog_end {
+                bulk.absorb(h.engine.flush_bulk(Restate::None)); // catching up: facts and new keys
+                continue;
+            }
             views.absorb(h.engine.flush_part_views(as_of, h.full, &self.counts));
             bulk.absorb(h.engine.flush_bulk(Restate::All));
             h.full = false;
@@ -613,6 +622,7 @@ impl Node {
             bulk.dims.products = rows;
         }
         self.owner = owner;
+        self.health.set_converged(self.held.values().all(|h| !h.full));
         if !views.is_empty() {
             self.write(&views, true).await;
         }
