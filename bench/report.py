@@ -475,20 +475,21 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   event's owned strings (about 20 allocations an event). On the live path the engine is
   not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core,
   and the service's ~0.55 core goes to building BSON, the driver and rdkafka.
-- **Scale-out on this machine** (§7). Cluster mode with one instance takes about 1.45×
-  the classic instance's time over the same events: mongod does 1.6× the work, because a
-  classic start writes no view document until the backlog is read (then one complete
-  flush), while a cluster part writes its customers' documents and dim_customer rows at
-  every flush (coalescing them during a catch-up, as the classic path does, is the next
-  step). Two instances on the same 2 cores take about 1.9× one, the service's CPU going
-  from ~10 to ~40 s. perf shows where: 78–82% of each instance's samples are librdkafka's
-  broker thread parsing fetch replies back to back. Against noida-db a consumer that has
-  read to the end of its partitions spins at ~0.45 core (measured idle for 10 s: classic
-  4.6 s of CPU, cluster 4.3 s; statistics off or `fetch.queue.backoff.ms` change nothing; a
-  bare consumer started at the end uses none), and two instances pay it twice while each
-  waits for MongoDB. What divides is the per-customer state: RSS per instance 304 → 179 MB
-  with half the partitions each. The scaling to expect with a machine (or core) per
-  instance is worked out in docs/DEPLOYMENT.md, "Sizing".
+- **Scale-out on this machine** (§7). Cluster mode with one instance takes about 1.5×
+  the classic instance's time over the same events; mongod does about 1.4× the work (the
+  exchange's chunks, the reads of them, and the view writes of partitions that finished
+  their backlog while others had not). Two instances on the same 2 cores take the time of
+  one (27.3 s vs 27.2 s): the per-customer work divides (RSS per instance 299 → 194 MB),
+  but the service, mongod and the broker already share the two cores, so a second
+  instance has no idle core to use. Before a taken partition waited for its backlog to be
+  read before writing its views (as a classic start does), two instances took 1.9× one:
+  they wrote every customer at every flush. perf of that run: 78–82% of each instance's
+  samples in librdkafka's broker thread parsing fetch replies back to back. Against
+  noida-db a consumer that has read to the end of its partitions spins at ~0.45 core
+  (measured idle for 10 s: classic 4.6 s of CPU, cluster 4.3 s; statistics off or
+  `fetch.queue.backoff.ms` change nothing; a bare consumer started at the end uses none),
+  and each instance pays it. The scaling to expect with a machine (or core) per instance
+  is worked out in docs/DEPLOYMENT.md, "Sizing".
 - **Memory**: jemalloc holds less than glibc did (mimalloc, tried, held 1.8× jemalloc's).
   The resident bytes per customer above are measured while building the state, so they
   include what the allocator kept of the build (facts flushed, transient buffers): the
