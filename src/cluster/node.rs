@@ -42,12 +42,12 @@ use super::part_snapshots::PartSnapshots;
 use crate::domain::partials::SharedViews;
 use crate::domain::quintiles::RfmCounts;
 use crate::domain::warehouse::{write_location_key, DimDocs, KeyRegistry, Restate};
-use crate::domain::{Engine, Location, Outcome, RejectReason, Rejection, Transaction, ViewChanges, ViewConfig};
+use crate::domain::{Engine, Location, Outcome, Rejection, Transaction, ViewChanges, ViewConfig};
 use crate::health::Health;
 use crate::kafka::dlq::{DeadLetters, SourcePosition};
 use crate::kafka::source::Source;
 use crate::pipeline::decode_stage::{DecodeStage, Event, Ingested};
-use crate::pipeline::{AsOf, Backoff, InputKind};
+use crate::pipeline::{lane, AsOf, Backoff, InputKind};
 use crate::query::{self, Mirror, Query};
 use crate::sink::mongo::MongoSink;
 use crate::snapshot::format::{self, SnapshotMeta};
@@ -380,8 +380,7 @@ impl Node {
                 }
             },
             _ => {
-                let rfm = &self.settings.views.rfm;
-                let names = rfm.segments.iter().map(|r| r.name.clone()).chain([rfm.fallback_segment.clone()]).collect();
+                let names = self.settings.views.rfm.segment_names().cloned().collect();
                 tokio::spawn(async move {
                     let _ = reply.send(query::segments_in(&db, names).await);
                 });
@@ -435,7 +434,7 @@ impl Node {
                 self.resolve_keys(p, &event.tx).await;
                 let arrival = ((p as u64) << 40) | m.offset as u64;
                 let h = self.held.get_mut(&p).expect("held");
-                match h.engine.apply_part(&event, (p.max(0) % 65536) as u16, arrival) {
+                match h.engine.apply_part(&event, lane(p), arrival) {
                     Outcome::Applied { orphan_refund } => {
                         if orphan_refund {
                             self.metrics.refunds_unmatched.inc();
@@ -447,10 +446,7 @@ impl Node {
                         self.metrics.events_duplicate.inc();
                         None
                     }
-                    Outcome::Conflicting => Some(Rejection::new(
-                        RejectReason::ConflictingDuplicate,
-                        format_args!("{:?} was already applied with different content", event.tx.transaction_id),
-                    )),
+                    Outcome::Conflicting => Some(Rejection::conflicting(&event.tx.transaction_id)),
                 }
             }
         };
@@ -480,29 +476,33 @@ impl Node {
         }
     }
 
+    /// The key every instance uses for `natural`, retried until MongoDB answers; `true` when
+    /// this call allocated it.
+    async fn allocated(&self, kind: KeyKind, natural: &str) -> (i32, bool) {
+        let what = match kind {
+            KeyKind::Product => "allocating a product key",
+            KeyKind::Location => "allocating a location key",
+        };
+        let keys = &self.keys;
+        retrying(what, self.settings.backoff, &self.health, || keys.key(kind, natural)).await
+    }
+
     /// Gives the part of `p` the keys every instance uses for the transaction's products and
     /// location.
     async fn resolve_keys(&mut self, p: i32, tx: &Transaction) {
-        let backoff = self.settings.backoff;
         for line in &tx.items {
             let id = line.product_id.as_str();
             if self.held[&p].engine.warehouse().products.get(id).is_some() {
                 continue;
             }
-            let keys = &self.keys;
-            let (k, _) =
-                retrying("allocating a product key", backoff, &self.health, || keys.key(KeyKind::Product, id)).await;
+            let (k, _) = self.allocated(KeyKind::Product, id).await;
             self.held.get_mut(&p).expect("held").engine.warehouse_mut().products.preload(id.into(), k);
         }
         if let Some(l) = &tx.location {
             write_location_key(l, &mut self.scratch);
             if self.held[&p].engine.warehouse().locations.get(self.scratch.as_str()).is_none() {
                 let natural = self.scratch.clone();
-                let keys = &self.keys;
-                let (k, new) = retrying("allocating a location key", backoff, &self.health, || {
-                    keys.key(KeyKind::Location, &natural)
-                })
-                .await;
+                let (k, new) = self.allocated(KeyKind::Location, &natural).await;
                 self.held.get_mut(&p).expect("held").engine.warehouse_mut().locations.preload(natural.into(), k);
                 if new {
                     self.new_locations.push((k, l.clone()));
@@ -613,10 +613,7 @@ impl Node {
             (views.products, views.trends) = (shared.products, shared.trends);
             let mut rows = Vec::new();
             for id in std::mem::take(&mut self.changed_products) {
-                let keys = &self.keys;
-                let (k, _) =
-                    retrying("allocating a product key", backoff, &self.health, || keys.key(KeyKind::Product, &id))
-                        .await;
+                let (k, _) = self.allocated(KeyKind::Product, &id).await;
                 rows.extend(self.shared.dim_product(id, k));
             }
             bulk.dims.products = rows;

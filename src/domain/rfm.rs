@@ -107,6 +107,11 @@ impl Default for RfmConfig {
 }
 
 impl RfmConfig {
+    /// Every segment name, the fallback last.
+    pub fn segment_names(&self) -> impl Iterator<Item = &String> {
+        self.segments.iter().map(|r| &r.name).chain([&self.fallback_segment])
+    }
+
     /// The segment of a score triple.
     pub fn segment(&self, scores: [u8; 3]) -> &str {
         self.segments
@@ -309,7 +314,7 @@ impl RfmState {
     /// Customers per segment, as of the last flush (what the view holds); every configured
     /// segment is listed, empty ones with 0.
     pub fn segment_counts(&self) -> std::collections::BTreeMap<String, u64> {
-        let names = self.config.segments.iter().map(|r| &r.name).chain([&self.config.fallback_segment]);
+        let names = self.config.segment_names();
         let mut counts: std::collections::BTreeMap<String, u64> = names.map(|n| (n.clone(), 0)).collect();
         for segment in self.customers.values().filter(|c| c.emitted != [0; 3]).map(|c| self.config.segment(c.emitted)) {
             *counts.entry(segment.to_owned()).or_insert(0) += 1;

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::Checkpointer;
-use crate::domain::{Engine, Outcome, RejectReason, Rejection};
+use crate::domain::{Engine, Outcome, Rejection};
 use crate::health::Health;
 use crate::kafka::dlq::{DeadLetters, SourcePosition};
 use crate::kafka::source::{Source, TopicPartition};
@@ -81,7 +81,7 @@ const MAX_PENDING_DEAD_LETTERS: usize = 10_000;
 
 /// The engine's lane of a partition (a topic with more than 65536 partitions would have
 /// some share a lane, and so a dedup horizon).
-fn lane(partition: i32) -> u16 {
+pub(crate) fn lane(partition: i32) -> u16 {
     (partition.max(0) % 65536) as u16
 }
 
@@ -308,10 +308,7 @@ impl Worker {
                 self.metrics.events_duplicate.inc();
                 None
             }
-            Ok(Outcome::Conflicting) => Some(Rejection::new(
-                RejectReason::ConflictingDuplicate,
-                format_args!("{id:?} was already applied with different content"),
-            )),
+            Ok(Outcome::Conflicting) => Some(Rejection::conflicting(&id)),
         };
         if let Some(rejection) = rejection {
             let from = SourcePosition {

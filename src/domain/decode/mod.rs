@@ -75,6 +75,14 @@ impl Rejection {
     pub fn new(reason: RejectReason, detail: impl fmt::Display) -> Self {
         Rejection { reason, detail: detail.to_string() }
     }
+
+    /// A valid event whose id was already applied with different content.
+    pub fn conflicting(id: &str) -> Self {
+        Rejection::new(
+            RejectReason::ConflictingDuplicate,
+            format_args!("{id:?} was already applied with different content"),
+        )
+    }
 }
 
 /// A valid event and the fingerprint of its parsed JSON.
