@@ -496,14 +496,14 @@ impl Node {
                 continue;
             }
             let (k, _) = self.allocated(KeyKind::Product, id).await;
-            self.held.get_mut(&p).expect("held").engine.warehouse_mut().products.preload(id.into(), k);
+            self.held.get_mut(&p).expect("held").engine.warehouse_mut().products.preload(id, k);
         }
         if let Some(l) = &tx.location {
             write_location_key(l, &mut self.scratch);
             if self.held[&p].engine.warehouse().locations.get(self.scratch.as_str()).is_none() {
                 let natural = self.scratch.clone();
                 let (k, new) = self.allocated(KeyKind::Location, &natural).await;
-                self.held.get_mut(&p).expect("held").engine.warehouse_mut().locations.preload(natural.into(), k);
+                self.held.get_mut(&p).expect("held").engine.warehouse_mut().locations.preload(&natural, k);
                 if new {
                     self.new_locations.push((k, l.clone()));
                 }

@@ -5,6 +5,7 @@
 //! - [`event`]: a decoded, valid transaction.
 //! - [`decode`]: bytes → [`event::Transaction`] or a dead-letter [`decode::Rejection`], in one
 //!   pass over the JSON without a DOM (`decode::scan`), the fingerprint computed as it goes.
+//! - [`interned`]: ids interned into one buffer with dense 32-bit handles (customers, keys).
 //! - [`dedup`]: which `transaction_id`s were applied, within the dedup horizon.
 //! - [`ranked`]: the order-statistic set behind tie-aware quintiles.
 //! - [`calendar`]: day numbers, ISO weeks, months, date and time keys.
@@ -27,6 +28,7 @@ pub mod calendar;
 pub mod decode;
 pub mod dedup;
 pub mod engine;
+pub mod interned;
 pub mod event;
 pub mod money;
 pub mod partials;

@@ -232,7 +232,9 @@ struct FlushMark {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RfmState {
     config: RfmConfig,
-    customers: super::FastIndexMap<Box<str>, Customer>,
+    /// The customers' ids; a customer's handle is its index in `customers`.
+    ids: super::interned::Interner,
+    customers: Vec<Customer>,
     /// Customers changed since the last flush, each with the keys it had in the rank
     /// indexes before (kept here, for the few that changed, not in every customer).
     dirty: Vec<(u32, Option<RankKeys>)>,
@@ -259,7 +261,8 @@ impl RfmState {
         let ranks = (config.scoring == Scoring::Quintile).then(RankIndexes::default);
         RfmState {
             config,
-            customers: Default::default(),
+            ids: Default::default(),
+            customers: Vec::new(),
             dirty: Vec::new(),
             ranks,
             last_flush: None,
@@ -282,7 +285,7 @@ impl RfmState {
     }
 
     pub fn customer(&self, id: &str) -> Option<&Customer> {
-        self.customers.get(id)
+        self.ids.get(id).map(|h| &self.customers[h as usize])
     }
 
     /// The customer at `idx` (as [`RfmState::apply`] returns it), without a lookup by id.
@@ -298,7 +301,7 @@ impl RfmState {
     /// for an unknown or refund-only customer, or before the first flush.
     pub fn view(&self, id: &str) -> Option<RfmDoc> {
         let mark = self.last_flush?;
-        let c = self.customers.get(id).filter(|c| c.frequency > 0)?;
+        let c = self.customer(id).filter(|c| c.frequency > 0)?;
         let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
         let recency = (mark.as_of_day - last_day).max(0);
         let scores = match (c.dirty, mark.bounds) {
@@ -316,7 +319,7 @@ impl RfmState {
     pub fn segment_counts(&self) -> std::collections::BTreeMap<String, u64> {
         let names = self.config.segment_names();
         let mut counts: std::collections::BTreeMap<String, u64> = names.map(|n| (n.clone(), 0)).collect();
-        for segment in self.customers.values().filter(|c| c.emitted != [0; 3]).map(|c| self.config.segment(c.emitted)) {
+        for segment in self.customers.iter().filter(|c| c.emitted != [0; 3]).map(|c| self.config.segment(c.emitted)) {
             *counts.entry(segment.to_owned()).or_insert(0) += 1;
         }
         counts
@@ -325,24 +328,8 @@ impl RfmState {
     /// Applies one valid, first-seen event: O(1).
     /// Applies a transaction; returns the customer's index and its last purchase before it.
     pub fn apply(&mut self, tx: &Transaction) -> (u32, Option<DateTime<Utc>>) {
-        // Looked up by &str first: the owned key is made only for a new customer.
-        let idx = match self.customers.get_index_of(tx.user_id.as_str()) {
-            Some(i) => i,
-            None => {
-                let new = Customer {
-                    frequency: 0,
-                    monetary: 0,
-                    first_purchase_at: tx.timestamp,
-                    last_purchase_at: tx.timestamp,
-                    ranked: false,
-                    emitted: [0; 3],
-                    dirty: false,
-                };
-                self.customers.insert_full(tx.user_id.as_str().into(), new).0
-            }
-        };
-        let c = &mut self.customers[idx];
-        let idx = idx as u32;
+        let idx = self.handle(&tx.user_id, tx.timestamp);
+        let c = &mut self.customers[idx as usize];
         c.mark_dirty(idx, &mut self.dirty);
         let prior_last = (c.frequency > 0).then_some(c.last_purchase_at);
         match tx.kind {
@@ -365,11 +352,11 @@ impl RfmState {
     /// Customer index and state, in index order (the index is stable: customers are never
     /// removed).
     pub fn customers(&self) -> impl Iterator<Item = (u32, &str, &Customer)> {
-        self.customers.iter().enumerate().map(|(i, (id, c))| (i as u32, &**id, c))
+        self.ids.iter().zip(&self.customers).enumerate().map(|(i, (id, c))| (i as u32, id, c))
     }
 
     pub fn index_of(&self, id: &str) -> Option<u32> {
-        self.customers.get_index_of(id).map(|i| i as u32)
+        self.ids.get(id)
     }
 
     /// Sets a customer's figures outright (a reconciliation repair), creating it if new;
@@ -381,31 +368,33 @@ impl RfmState {
         monetary: Cents,
         purchases: Option<(DateTime<Utc>, DateTime<Utc>)>,
     ) -> u32 {
-        let idx = match self.customers.get_index_of(id) {
-            Some(i) => i,
-            None => {
-                let t = purchases.map_or(DateTime::<Utc>::UNIX_EPOCH, |p| p.0);
-                let new = Customer {
-                    frequency: 0,
-                    monetary: 0,
-                    first_purchase_at: t,
-                    last_purchase_at: t,
-                    ranked: false,
-                    emitted: [0; 3],
-                    dirty: false,
-                };
-                self.customers.insert_full(id.into(), new).0
-            }
-        };
-        let c = &mut self.customers[idx];
-        c.mark_dirty(idx as u32, &mut self.dirty);
+        let idx = self.handle(id, purchases.map_or(DateTime::<Utc>::UNIX_EPOCH, |p| p.0));
+        let c = &mut self.customers[idx as usize];
+        c.mark_dirty(idx, &mut self.dirty);
         c.frequency = frequency;
         c.monetary = monetary;
         if let Some((first, last)) = purchases {
             c.first_purchase_at = first;
             c.last_purchase_at = last;
         }
-        idx as u32
+        idx
+    }
+
+    /// The handle of customer `id`, a new customer (no purchase yet, its times `t`) if unknown.
+    fn handle(&mut self, id: &str, t: DateTime<Utc>) -> u32 {
+        let (idx, new) = self.ids.intern(id);
+        if new {
+            self.customers.push(Customer {
+                frequency: 0,
+                monetary: 0,
+                first_purchase_at: t,
+                last_purchase_at: t,
+                ranked: false,
+                emitted: [0; 3],
+                dirty: false,
+            });
+        }
+        idx
     }
 
     /// Customers whose document was removed since the last call (a repair took their last
@@ -483,7 +472,7 @@ impl RfmState {
 
         let mut docs = Vec::with_capacity(candidates.len());
         for idx in candidates {
-            let (id, c) = self.customers.get_index_mut(idx as usize).expect("customer index");
+            let (id, c) = (self.ids.resolve(idx), &mut self.customers[idx as usize]);
             let was_dirty = std::mem::replace(&mut c.dirty, false);
             if c.frequency == 0 {
                 if c.emitted != [0; 3] {

@@ -7,10 +7,8 @@
 //! the flush after their event, and written idempotently by `sale_id`; between flushes they
 //! wait in memory (the pipeline stops consuming when too many wait, e.g. during an outage).
 
-use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::hash::Hash;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -18,54 +16,49 @@ use super::calendar::{date_key, epoch_day, time_key};
 use super::event::{EventKind, Location, Transaction};
 use super::money::Cents;
 
-/// Natural key → surrogate key, never reassigned.
+/// Natural key → surrogate key, never reassigned. The natural keys are interned (one
+/// buffer, 32-bit handles), the surrogate keys held by handle.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(bound(deserialize = "K: Eq + Hash + serde::Deserialize<'de>"))]
-pub struct KeyRegistry<K> {
-    keys: super::FastMap<K, i32>,
+pub struct KeyRegistry {
+    ids: super::interned::Interner,
+    /// The surrogate key of each handle.
+    keys: Vec<i32>,
     next: i32,
 }
 
-impl<K: Eq + Hash + Clone> Default for KeyRegistry<K> {
+impl Default for KeyRegistry {
     fn default() -> Self {
-        KeyRegistry { keys: Default::default(), next: 1 }
+        Self::starting_at(1)
     }
 }
 
-impl<K: Eq + Hash + Clone> KeyRegistry<K> {
-    /// The key of `k`, and whether it was handed out just now. Looked up by reference: the
-    /// owned key is made only for a new member.
-    pub fn key<Q>(&mut self, k: &Q) -> (i32, bool)
-    where
-        K: Borrow<Q> + for<'a> From<&'a Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        if let Some(&key) = self.keys.get(k) {
-            return (key, false);
+impl KeyRegistry {
+    /// The key of `k`, and whether it was handed out just now.
+    pub fn key(&mut self, k: &str) -> (i32, bool) {
+        let (handle, new) = self.ids.intern(k);
+        if new {
+            self.keys.push(self.next);
+            self.next += 1;
         }
-        let key = self.next;
-        self.next += 1;
-        self.keys.insert(K::from(k), key);
-        (key, true)
+        (self.keys[handle as usize], new)
     }
 
     /// An empty registry whose first key is `next`.
     pub fn starting_at(next: i32) -> Self {
-        KeyRegistry { keys: Default::default(), next }
+        KeyRegistry { ids: Default::default(), keys: Vec::new(), next }
     }
 
-    pub fn get<Q>(&self, k: &Q) -> Option<i32>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.keys.get(k).copied()
+    pub fn get(&self, k: &str) -> Option<i32> {
+        self.ids.get(k).map(|h| self.keys[h as usize])
     }
 
     /// Takes a key already given (by an earlier run, read from the database).
-    pub fn preload(&mut self, k: K, key: i32) {
+    pub fn preload(&mut self, k: &str, key: i32) {
         self.next = self.next.max(key + 1);
-        self.keys.insert(k, key);
+        match self.ids.intern(k) {
+            (_, true) => self.keys.push(key),
+            (handle, false) => self.keys[handle as usize] = key,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -135,9 +128,9 @@ pub struct DimChanges {
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Warehouse {
-    pub products: KeyRegistry<Box<str>>,
-    pub customers: KeyRegistry<Box<str>>,
-    pub locations: KeyRegistry<LocationKey>,
+    pub products: KeyRegistry,
+    pub customers: KeyRegistry,
+    pub locations: KeyRegistry,
     dates: super::FastSet<i32>,
     pending_facts: Vec<Fact>,
     /// Facts a reconciliation repair removes (table, sale_id), written before
@@ -366,8 +359,8 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_continue_after_preloaded_ones() {
-        let mut r: KeyRegistry<Box<str>> = KeyRegistry::default();
-        r.preload("old".into(), 7);
+        let mut r = KeyRegistry::default();
+        r.preload("old", 7);
         assert_eq!(r.key("old"), (7, false));
         assert_eq!(r.key("new"), (8, true));
         assert_eq!(r.key("new"), (8, false));

@@ -389,14 +389,14 @@ impl MongoSink {
         let mut rows = self.db.collection::<Document>(DIM_PRODUCT).find(doc! {}).await.map_err(fail(DIM_PRODUCT))?;
         while let Some(d) = rows.try_next().await.map_err(fail(DIM_PRODUCT))? {
             if let (Ok(id), Ok(key)) = (d.get_str("product_id"), d.get_i32("product_key")) {
-                warehouse.products.preload(id.into(), key);
+                warehouse.products.preload(id, key);
                 n += 1;
             }
         }
         let mut rows = self.db.collection::<Document>(DIM_CUSTOMER).find(doc! {}).await.map_err(fail(DIM_CUSTOMER))?;
         while let Some(d) = rows.try_next().await.map_err(fail(DIM_CUSTOMER))? {
             if let (Ok(id), Ok(key)) = (d.get_str("customer_id"), d.get_i32("customer_key")) {
-                warehouse.customers.preload(id.into(), key);
+                warehouse.customers.preload(id, key);
                 n += 1;
             }
         }
@@ -409,7 +409,7 @@ impl MongoSink {
                     city: d.get_str("city").ok().map(str::to_owned),
                     timezone: None,
                 };
-                warehouse.locations.preload(crate::domain::warehouse::location_natural_key(&location), key);
+                warehouse.locations.preload(&crate::domain::warehouse::location_natural_key(&location), key);
                 n += 1;
             }
         }

@@ -16,7 +16,8 @@
 //! meaning of what it holds does: version 5 holds the events' fingerprints as the one-pass
 //! decoder computes them (`domain::decode`), which a version-4 snapshot's do not match;
 //! version 6 keeps a customer's old rank keys only while it is dirty (a flag per customer
-//! instead of its keys).
+//! instead of its keys); version 7 holds ids interned (the customers' ids and every key
+//! registry's natural keys as one sequence of strings, the records by handle).
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -24,7 +25,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::domain::{Engine, ViewConfig};
 
 pub const MAGIC: &[u8; 8] = b"MARTSNAP";
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 const HEADER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
