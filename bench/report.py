@@ -125,7 +125,11 @@ recon_full = seconds(env.get("RECON_TIME"), r"reconciliation ([0-9.]+) s")
 recon_bare = seconds(env.get("RECON_TIME"), r"aggregate ([0-9.]+) s")
 restore_1m = restore_secs(one_m, "restore (read+verify+decode)")
 stall_1m = restore_secs(one_m, "capture stall (encode)")
-bytes_per_customer = [(restore_col(r, "customers"), restore_col(r, "engine RSS bytes/customer")) for r in restore_rows]
+# The larger of the two resident figures (built from events, restored from a snapshot).
+bytes_per_customer = [(restore_col(r, "customers"),
+                       str(max(float(restore_col(r, "resident after build B/customer")),
+                               float(restore_col(r, "resident after restore B/customer")))))
+                      for r in restore_rows]
 parts_lines = [env[k] for k in ("PARTS_WHOLE", "PARTS_SERIAL", "PARTS_PARALLEL", "PARTS_EXCHANGE") if env.get(k)]
 parts_section = ("""
 The same stream split as a scale-out splits it (docs/DESIGN.md, "Scale-out";
@@ -272,7 +276,7 @@ Broker: noida-db 0.2.3 (Kafka protocol), MongoDB 6.0.5 (replica set of one), all
 | knee (highest rate with views p99 ≤ 1 s) ≥ 4,000 events/s | {f"{knee:,} events/s" if knee else f"none of {', '.join(f'{r:,}' for r in curve_rates)} events/s"} | {verdict(knee >= 4000)} |
 | 1M-event replay into a fresh database ≥ 0.8× bare-then-index | {replay_docs_s:,.0f} vs {sink_then:,.0f} documents/s: {replay_docs_s / sink_then:.2f}× | {verdict(replay_docs_s / sink_then >= 0.8)} |
 | live documents/s ≥ 0.7× the sink limit | {live_docs:,.0f} vs {sink_indexed:,.0f} documents/s: {live_docs / sink_indexed:.2f}× | {verdict(live_docs / sink_indexed >= 0.7)} |
-| ≤ 200 bytes per customer at 1M and 5M (an earlier goal said 150) | {bpc_1m:.0f} B of resident memory per customer at 1M, {bpc_5m:.0f} B at 5M ({snap_1m:.0f} B in the snapshot) | {verdict(bpc_1m <= 200 and bpc_5m <= 200)} |
+| ≤ 200 bytes per customer at 1M and 5M (an earlier goal said 150) | {bpc_1m:.0f} B of resident memory per customer at 1M, {bpc_5m:.0f} B at 5M (the larger of built and restored; {snap_1m:.0f} B in the snapshot) | {verdict(bpc_1m <= 200 and bpc_5m <= 200)} |
 | 1M customers restored ≤ 2 s | {restore_1m:.2f} s | {verdict(restore_1m <= 2)} |
 | snapshot capture stalls the worker ≤ 0.1 s at 1M customers | {stall_1m:.2f} s | {verdict(stall_1m <= 0.1)} |
 | fresher than batch by orders of magnitude | views p50 {p50_2000:.2f} s at 2,000 events/s vs a nightly job (86,400 s) | {verdict(p50_2000 == p50_2000 and p50_2000 < 86.4)} |

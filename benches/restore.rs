@@ -12,10 +12,12 @@
 //!   rebuilding the same state by re-applying the already-decoded events (what a start
 //!   without snapshots costs at the very least: no Kafka, no JSON).
 //!
-//! Also the engine's memory: resident memory grown while building the state, per customer
-//! (an upper bound: it includes what the allocator kept of the facts already flushed), and
-//! after the sizes a table of the restored state's heap bytes per customer by part (jemalloc's
-//! allocated bytes, read as each part is dropped).
+//! Also the engine's memory, per customer: resident memory grown by building the state and
+//! by restoring it, each read after the allocator returned its free pages to the system
+//! (jemalloc's purge; without it the figure is mostly the build's freed facts, which the
+//! service's allocator returns within seconds too); and after the sizes a table of the
+//! restored state's heap bytes per customer by part (jemalloc's allocated bytes, read as
+//! each part is dropped).
 //!
 //! Run: `cargo bench --bench restore [-- 100000 1000000 5000000]`. Prints a Markdown table.
 
@@ -108,20 +110,36 @@ fn rss_mib() -> f64 {
     martstream::telemetry::resident_bytes().map_or(0.0, |b| b as f64 / 1048576.0)
 }
 
+/// Resident memory, MiB, once jemalloc has returned every free page of every arena.
+fn purged_rss_mib() -> f64 {
+    // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` takes no arguments; the name is NUL-terminated.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "jemalloc purge");
+    rss_mib()
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![100_000, 1_000_000, 5_000_000] } else { sizes };
     let dir = tempfile::tempdir().unwrap();
-    println!("| customers | events | snapshot size | snapshot bytes/customer | snapshot (encode+fsync) | capture stall (encode) | clone instead | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up | engine RSS bytes/customer |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| customers | events | snapshot size | snapshot bytes/customer | snapshot (encode+fsync) | capture stall (encode) | clone instead | read bytes (floor) | restore (read+verify+decode) | rebuild by re-applying events | restore speed-up | resident after build B/customer | resident after restore B/customer |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut parts = Vec::new();
     for customers in sizes {
         let events = events(customers);
-        let rss_before = rss_mib();
+        let rss_before = purged_rss_mib();
         let t = Instant::now();
         let engine = build(&events);
         let rebuild = secs(t);
-        let engine_rss = (rss_mib() - rss_before).max(0.0) * 1048576.0;
+        let built_rss = (purged_rss_mib() - rss_before).max(0.0) * 1048576.0;
         let store = SnapshotStore::new(dir.path().join(customers.to_string()), 2);
         let meta = SnapshotMeta {
             taken_at_ms: 0,
@@ -143,20 +161,23 @@ fn main() {
         let raw = std::fs::read(&path).unwrap();
         let read = secs(t);
         drop(raw);
+        let rss_before = purged_rss_mib();
         let t = Instant::now();
         let (found, skipped) = store.load_newest(|_| Ok(())).unwrap();
         let restore = secs(t);
         assert!(skipped.is_empty());
         let restored = found.unwrap().1.engine;
+        let restored_rss = (purged_rss_mib() - rss_before).max(0.0) * 1048576.0;
         assert_eq!(restored.rfm().customer_count(), customers);
         parts.push((customers, restored.bytes_by_part(allocated)));
         println!(
-            "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {stall:.3} s | {clone:.3} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× | {:.0} |",
+            "| {customers} | {} | {:.1} MiB | {:.0} | {snapshot:.2} s | {stall:.3} s | {clone:.3} s | {read:.3} s | {restore:.2} s | {rebuild:.2} s | {:.1}× | {:.0} | {:.0} |",
             events.len(),
             size as f64 / 1048576.0,
             size as f64 / customers as f64,
             rebuild / restore,
-            engine_rss / customers as f64
+            built_rss / customers as f64,
+            restored_rss / customers as f64
         );
         eprintln!("({customers} customers: peak RSS so far {:.0} MiB)", rss_mib());
     }

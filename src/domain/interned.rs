@@ -53,11 +53,7 @@ impl Interner {
     pub fn intern(&mut self, s: &str) -> (u32, bool) {
         let Interner { bytes, ends, table, hasher } = self;
         let hash = hasher.hash_one(s);
-        let entry = table.entry(
-            hash,
-            |&h| slice(bytes, ends, h) == s,
-            |&h| hasher.hash_one(slice(bytes, ends, h)),
-        );
+        let entry = table.entry(hash, |&h| slice(bytes, ends, h) == s, |&h| hasher.hash_one(slice(bytes, ends, h)));
         match entry {
             Entry::Occupied(e) => (*e.get(), false),
             Entry::Vacant(e) => {
@@ -115,17 +111,43 @@ impl<'de> serde::Deserialize<'de> for Interner {
                 f.write_str("a sequence of distinct strings")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Interner, A::Error> {
-                let mut out = Interner::with_capacity(seq.size_hint().unwrap_or(0));
+                let mut out = Interner::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 26));
                 while let Some(s) = seq.next_element_seed(InternNext(&mut out))? {
                     if !s {
                         return Err(serde::de::Error::custom("a string repeated in an interner"));
                     }
                 }
+                out.bytes.shrink_to_fit();
                 Ok(out)
             }
         }
         deserializer.deserialize_seq(Strings)
     }
+}
+
+/// Deserializes a sequence into a `Vec` of exactly its length (serde's own `Vec` grows by
+/// doubling past a cautious first allocation: up to twice the memory for a large state).
+pub fn exact_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Exact<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Exact<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 26));
+            while let Some(x) = seq.next_element()? {
+                out.push(x);
+            }
+            out.shrink_to_fit();
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_seq(Exact(std::marker::PhantomData))
 }
 
 /// Interns one deserialized string without an owned copy; yields whether it was new.

@@ -173,22 +173,58 @@ pub struct Customer {
     pub first_purchase_at: DateTime<Utc>,
     #[serde(with = "super::calendar::serde_instant")]
     pub last_purchase_at: DateTime<Utc>,
-    /// Whether the customer is in the rank indexes (quintile scoring), under the keys of its
-    /// figures as of the last flush: [`Customer::keys`] unless dirty, and then the old keys
-    /// are in [`RfmState::dirty`].
-    ranked: bool,
-    /// Scores in the last emitted document; `[0; 3]` before the first.
-    emitted: [u8; 3],
-    dirty: bool,
+    /// In one `u16` (the record is 40 bytes, not 48): bits 0–8, the scores in the last
+    /// emitted document (R, F, M, 3 bits each; all 0 before the first); bit 9, whether the
+    /// customer is in the rank indexes (quintile scoring), under the keys of its figures as
+    /// of the last flush ([`Customer::keys`] unless dirty, and then the old keys are in
+    /// [`RfmState::dirty`]); bit 10, dirty (changed since the last flush).
+    marks: u16,
 }
 
+const RANKED: u16 = 1 << 9;
+const DIRTY: u16 = 1 << 10;
+const SCORES: u16 = (1 << 9) - 1;
+
 impl Customer {
+    fn new(t: DateTime<Utc>) -> Self {
+        Customer { frequency: 0, monetary: 0, first_purchase_at: t, last_purchase_at: t, marks: 0 }
+    }
+
+    /// Scores in the last emitted document; `[0; 3]` before the first.
+    fn emitted(&self) -> [u8; 3] {
+        let m = self.marks;
+        [(m & 7) as u8, (m >> 3 & 7) as u8, (m >> 6 & 7) as u8]
+    }
+
+    fn set_emitted(&mut self, [r, f, m]: [u8; 3]) {
+        self.marks = (self.marks & !SCORES) | u16::from(r) | u16::from(f) << 3 | u16::from(m) << 6;
+    }
+
+    fn ranked(&self) -> bool {
+        self.marks & RANKED != 0
+    }
+
+    fn set_ranked(&mut self, ranked: bool) {
+        self.marks = if ranked { self.marks | RANKED } else { self.marks & !RANKED };
+    }
+
+    fn dirty(&self) -> bool {
+        self.marks & DIRTY != 0
+    }
+
+    /// Clears the dirty flag; whether it was set.
+    fn take_dirty(&mut self) -> bool {
+        let was = self.dirty();
+        self.marks &= !DIRTY;
+        was
+    }
+
     /// Notes the customer (index `idx`) as changed since the last flush, with the keys it has
     /// in the rank indexes. Call before its figures change: those keys are the old figures'.
     fn mark_dirty(&mut self, idx: u32, dirty: &mut Vec<(u32, Option<RankKeys>)>) {
-        if !self.dirty {
-            self.dirty = true;
-            dirty.push((idx, self.ranked.then(|| self.keys())));
+        if !self.dirty() {
+            self.marks |= DIRTY;
+            dirty.push((idx, self.ranked().then(|| self.keys())));
         }
     }
 
@@ -209,14 +245,59 @@ struct RankKeys {
     last_day: i64,
 }
 
-/// Keys of a rank index: (value, customer index), so that equal values stay distinct.
-type RankKey = (i64, u32);
+/// A key of a rank index: (value, customer handle), ordered by value, then handle, so that
+/// equal values stay distinct.
+trait RankKey: Ord + Copy {
+    fn new(value: i64, idx: u32) -> Self;
+    /// The largest key with `value` (`i64::MAX`: above every key).
+    fn last_of(value: i64) -> Self;
+    fn value(self) -> i64;
+    fn idx(self) -> u32;
+}
+
+/// Monetary values need all 64 bits: 16 bytes a key.
+impl RankKey for (i64, u32) {
+    fn new(value: i64, idx: u32) -> Self {
+        (value, idx)
+    }
+    fn last_of(value: i64) -> Self {
+        (value, u32::MAX)
+    }
+    fn value(self) -> i64 {
+        self.0
+    }
+    fn idx(self) -> u32 {
+        self.1
+    }
+}
+
+/// Value and handle in one `u64` (8 bytes a key), for values within 32 bits once `BIAS` is
+/// added: purchases (`BIAS` 0) and days since the epoch (`BIAS` 2^31).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+struct Packed<const BIAS: i64>(u64);
+
+impl<const BIAS: i64> RankKey for Packed<BIAS> {
+    fn new(value: i64, idx: u32) -> Self {
+        let v = u32::try_from(value + BIAS).expect("a ranked value within 32 bits");
+        Packed(u64::from(v) << 32 | u64::from(idx))
+    }
+    fn last_of(value: i64) -> Self {
+        // Boundaries are values held, or i64::MAX (none): only the top saturates.
+        u32::try_from(value.saturating_add(BIAS)).map_or(Packed(u64::MAX), |v| Packed(u64::from(v) << 32 | 0xffff_ffff))
+    }
+    fn value(self) -> i64 {
+        (self.0 >> 32) as i64 - BIAS
+    }
+    fn idx(self) -> u32 {
+        self.0 as u32
+    }
+}
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct RankIndexes {
-    frequency: RankedSet<RankKey>,
-    monetary: RankedSet<RankKey>,
-    last_day: RankedSet<RankKey>,
+    frequency: RankedSet<Packed<0>>,
+    monetary: RankedSet<(i64, u32)>,
+    last_day: RankedSet<Packed<{ 1 << 31 }>>,
 }
 
 /// What the previous flush left: the date of its `as_of` and its boundaries (F, M, R).
@@ -234,6 +315,7 @@ pub struct RfmState {
     config: RfmConfig,
     /// The customers' ids; a customer's handle is its index in `customers`.
     ids: super::interned::Interner,
+    #[serde(deserialize_with = "super::interned::exact_vec")]
     customers: Vec<Customer>,
     /// Customers changed since the last flush, each with the keys it had in the rank
     /// indexes before (kept here, for the few that changed, not in every customer).
@@ -304,8 +386,8 @@ impl RfmState {
         let c = self.customer(id).filter(|c| c.frequency > 0)?;
         let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
         let recency = (mark.as_of_day - last_day).max(0);
-        let scores = match (c.dirty, mark.bounds) {
-            (false, _) if c.emitted != [0; 3] => c.emitted,
+        let scores = match (c.dirty(), mark.bounds) {
+            (false, _) if c.emitted() != [0; 3] => c.emitted(),
             (_, Some([f, m, r])) => {
                 [score(last_day.min(mark.as_of_day), &r), score(i64::from(c.frequency), &f), score(c.monetary, &m)]
             }
@@ -319,7 +401,9 @@ impl RfmState {
     pub fn segment_counts(&self) -> std::collections::BTreeMap<String, u64> {
         let names = self.config.segment_names();
         let mut counts: std::collections::BTreeMap<String, u64> = names.map(|n| (n.clone(), 0)).collect();
-        for segment in self.customers.iter().filter(|c| c.emitted != [0; 3]).map(|c| self.config.segment(c.emitted)) {
+        for segment in
+            self.customers.iter().map(Customer::emitted).filter(|&e| e != [0; 3]).map(|e| self.config.segment(e))
+        {
             *counts.entry(segment.to_owned()).or_insert(0) += 1;
         }
         counts
@@ -384,15 +468,7 @@ impl RfmState {
     fn handle(&mut self, id: &str, t: DateTime<Utc>) -> u32 {
         let (idx, new) = self.ids.intern(id);
         if new {
-            self.customers.push(Customer {
-                frequency: 0,
-                monetary: 0,
-                first_purchase_at: t,
-                last_purchase_at: t,
-                ranked: false,
-                emitted: [0; 3],
-                dirty: false,
-            });
+            self.customers.push(Customer::new(t));
         }
         idx
     }
@@ -434,7 +510,7 @@ impl RfmState {
             .into_iter()
             .map(|(idx, _)| {
                 let c = &self.customers[idx as usize];
-                (idx, c.ranked.then(|| c.keys()))
+                (idx, c.ranked().then(|| c.keys()))
             })
             .collect();
         deltas
@@ -473,10 +549,11 @@ impl RfmState {
         let mut docs = Vec::with_capacity(candidates.len());
         for idx in candidates {
             let (id, c) = (self.ids.resolve(idx), &mut self.customers[idx as usize]);
-            let was_dirty = std::mem::replace(&mut c.dirty, false);
+            let was_dirty = c.take_dirty();
+            let emitted = c.emitted();
             if c.frequency == 0 {
-                if c.emitted != [0; 3] {
-                    c.emitted = [0; 3];
+                if emitted != [0; 3] {
+                    c.set_emitted([0; 3]);
                     self.removed.push(id.to_string());
                 }
                 continue;
@@ -489,19 +566,18 @@ impl RfmState {
                 }
                 _ => self.config.bin_scores(recency, i64::from(c.frequency), c.monetary),
             };
-            if !(everyone || was_dirty || scores != c.emitted) {
+            if !(everyone || was_dirty || scores != emitted) {
                 continue;
             }
             // The lifetime value only changes with the customer's own events (dirty).
-            let dim =
-                if was_dirty || c.emitted == [0; 3] || self.config.segment(c.emitted) != self.config.segment(scores) {
-                    DimRow::Changed
-                } else if full {
-                    DimRow::Restated
-                } else {
-                    DimRow::Unchanged
-                };
-            c.emitted = scores;
+            let dim = if was_dirty || emitted == [0; 3] || self.config.segment(emitted) != self.config.segment(scores) {
+                DimRow::Changed
+            } else if full {
+                DimRow::Restated
+            } else {
+                DimRow::Unchanged
+            };
+            c.set_emitted(scores);
             docs.push((document(&self.config, id, c, (recency, scores), as_of), dim));
         }
         self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
@@ -517,19 +593,19 @@ impl RfmState {
         for &(idx, old) in dirty {
             let c = &mut self.customers[idx as usize];
             let now = (c.frequency > 0).then(|| c.keys());
-            c.ranked = now.is_some();
+            c.set_ranked(now.is_some());
             if old == now {
                 continue;
             }
             if let Some(old) = old {
-                ranks.frequency.remove(&(old.frequency, idx));
-                ranks.monetary.remove(&(old.monetary, idx));
-                ranks.last_day.remove(&(old.last_day, idx));
+                ranks.frequency.remove(&RankKey::new(old.frequency, idx));
+                ranks.monetary.remove(&RankKey::new(old.monetary, idx));
+                ranks.last_day.remove(&RankKey::new(old.last_day, idx));
             }
             if let Some(now) = now {
-                ranks.frequency.insert((now.frequency, idx));
-                ranks.monetary.insert((now.monetary, idx));
-                ranks.last_day.insert((now.last_day, idx));
+                ranks.frequency.insert(RankKey::new(now.frequency, idx));
+                ranks.monetary.insert(RankKey::new(now.monetary, idx));
+                ranks.last_day.insert(RankKey::new(now.last_day, idx));
             }
             if let Some(deltas) = deltas.as_deref_mut() {
                 for (keys, delta) in [(old, -1), (now, 1)] {
@@ -576,31 +652,38 @@ fn score(value: i64, bounds: &Bounds) -> u8 {
 impl RankIndexes {
     /// Boundaries of F, M and R (R clamped to the date of `as_of`).
     fn bounds(&self, as_of_day: i64) -> [Bounds; 3] {
-        let of = |set: &RankedSet<RankKey>| -> Bounds {
-            let mut b = [i64::MAX; 4];
-            for (slot, position) in bound_positions(set.len()) {
-                b[slot] = set.select(position).map_or(i64::MAX, |k| k.0);
-            }
-            b
-        };
-        let r = of(&self.last_day).map(|b| b.min(as_of_day));
-        [of(&self.frequency), of(&self.monetary), r]
+        let r = bounds_of(&self.last_day).map(|b| b.min(as_of_day));
+        [bounds_of(&self.frequency), bounds_of(&self.monetary), r]
     }
 
     /// Adds the customers whose score changed because a boundary moved (same `as_of` date).
     fn movers(&self, old: &[Bounds; 3], new: &[Bounds; 3], as_of_day: i64, out: &mut Vec<u32>) {
-        let dims = [(&self.frequency, false), (&self.monetary, false), (&self.last_day, true)];
-        for ((set, clamped), (old_b, new_b)) in dims.into_iter().zip(old.iter().zip(new)) {
-            for (&o, &n) in old_b.iter().zip(new_b) {
-                if o == n {
-                    continue;
-                }
-                let low = o.min(n);
-                // A clamped boundary at the as_of date stands for every later date too.
-                let high = if clamped && o.max(n) >= as_of_day { i64::MAX } else { o.max(n) };
-                out.extend(set.range_after((low, u32::MAX), (high, u32::MAX)).map(|k| k.1));
-            }
+        movers_of(&self.frequency, (&old[0], &new[0]), None, out);
+        movers_of(&self.monetary, (&old[1], &new[1]), None, out);
+        movers_of(&self.last_day, (&old[2], &new[2]), Some(as_of_day), out);
+    }
+}
+
+/// The quintile boundaries of one rank index.
+fn bounds_of<K: RankKey>(set: &RankedSet<K>) -> Bounds {
+    let mut b = [i64::MAX; 4];
+    for (slot, position) in bound_positions(set.len()) {
+        b[slot] = set.select(position).map_or(i64::MAX, K::value);
+    }
+    b
+}
+
+/// The customers of one rank index whose value lies between an old and a new boundary;
+/// `clamp`, the as_of date a boundary is clamped to (recency).
+fn movers_of<K: RankKey>(set: &RankedSet<K>, (old, new): (&Bounds, &Bounds), clamp: Option<i64>, out: &mut Vec<u32>) {
+    for (&o, &n) in old.iter().zip(new) {
+        if o == n {
+            continue;
         }
+        let low = o.min(n);
+        // A clamped boundary at the as_of date stands for every later date too.
+        let high = if clamp.is_some_and(|day| o.max(n) >= day) { i64::MAX } else { o.max(n) };
+        out.extend(set.range_after(K::last_of(low), K::last_of(high)).map(K::idx));
     }
 }
 
@@ -621,6 +704,30 @@ mod tests {
         assert_eq!(quintile(2, 10), 2);
         assert_eq!(quintile(9, 10), 5);
         assert_eq!(quintile(0, 1), 1);
+    }
+
+    #[test]
+    fn a_customer_record_is_40_bytes_and_keeps_its_marks_apart() {
+        assert_eq!(std::mem::size_of::<Customer>(), 40);
+        let mut c = Customer::new(DateTime::<Utc>::UNIX_EPOCH);
+        c.set_emitted([5, 1, 4]);
+        c.set_ranked(true);
+        c.mark_dirty(7, &mut Vec::new());
+        assert_eq!((c.emitted(), c.ranked(), c.dirty()), ([5, 1, 4], true, true));
+        c.set_emitted([0; 3]);
+        assert!(c.take_dirty());
+        c.set_ranked(false);
+        assert_eq!((c.emitted(), c.ranked(), c.dirty()), ([0; 3], false, false));
+    }
+
+    #[test]
+    fn packed_rank_keys_order_as_value_then_handle() {
+        type Day = Packed<{ 1 << 31 }>;
+        let keys = [Day::new(-3, 9), Day::new(-3, 10), Day::new(0, 0), Day::new(20_000, 1)];
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!((keys[0].value(), keys[0].idx()), (-3, 9));
+        assert!(Day::last_of(-3) < keys[2] && Day::last_of(-3) > keys[1]);
+        assert_eq!(Day::last_of(i64::MAX), Packed(u64::MAX));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use super::money::Cents;
 pub struct KeyRegistry {
     ids: super::interned::Interner,
     /// The surrogate key of each handle.
+    #[serde(deserialize_with = "super::interned::exact_vec")]
     keys: Vec<i32>,
     next: i32,
 }
