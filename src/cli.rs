@@ -426,7 +426,7 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         max_rate: rate,
         shutdown_timeout: Duration::from_millis(config.service.shutdown_timeout_ms),
     };
-    let keys = sink.preload_keys(engine.warehouse_mut()).await?;
+    let keys = sink.preload_keys(&mut engine).await?;
     info!(keys, "surrogate keys loaded from the warehouse");
     let mut worker = Worker::new(engine, dlq, (metrics, health), cadence, (inputs, positions.clone()));
     if let Some((mut c, restored_at)) = checkpoints {

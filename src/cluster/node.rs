@@ -41,7 +41,7 @@ use super::leases::{key, Leases};
 use super::part_snapshots::PartSnapshots;
 use crate::domain::partials::SharedViews;
 use crate::domain::quintiles::RfmCounts;
-use crate::domain::warehouse::{write_location_key, DimDocs, KeyRegistry, Restate};
+use crate::domain::warehouse::{write_location_key, CustomerKeys, DimDocs, Restate};
 use crate::domain::{Engine, Location, Outcome, Rejection, Transaction, ViewChanges, ViewConfig};
 use crate::health::Health;
 use crate::kafka::dlq::{DeadLetters, SourcePosition};
@@ -314,7 +314,7 @@ impl Node {
             Some(r) => r,
             None => {
                 let mut engine = Engine::new_part(self.settings.views.clone());
-                engine.warehouse_mut().customers = KeyRegistry::starting_at(customer_key_base(p));
+                engine.warehouse_mut().customers = CustomerKeys::starting_at(customer_key_base(p));
                 (engine, low)
             }
         };

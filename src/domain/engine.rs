@@ -249,6 +249,17 @@ impl Engine {
         &mut self.warehouse
     }
 
+    /// Takes the key a database already gives customer `id`, before any event.
+    pub fn preload_customer_key(&mut self, id: &str, key: i32) {
+        let customer = self.rfm.intern(id);
+        self.warehouse.customers.preload(customer, key);
+    }
+
+    /// The star schema's key of customer `id`, if it has one.
+    pub fn customer_key(&self, id: &str) -> Option<i32> {
+        self.rfm.index_of(id).and_then(|h| self.warehouse.customers.get(h))
+    }
+
     pub fn dedup_len(&self) -> usize {
         self.dedup.len()
     }
@@ -285,12 +296,12 @@ impl Engine {
         }
         let (customer, prior_last) = self.rfm.apply(tx);
         self.open.record(customer, tx.timestamp, tx.kind, tx.total_cents, prior_last);
-        self.warehouse.apply(tx);
+        self.warehouse.apply(tx, customer);
         // A customer with refunds only has no RFM document whose flush would restate their
         // dim_customer row (segment null, lifetime value = Σ refunds): restate it here.
         let c = self.rfm.customer_at(customer);
         if c.frequency == 0 {
-            if let Some(customer_key) = self.warehouse.customers.get(tx.user_id.as_str()) {
+            if let Some(customer_key) = self.warehouse.customers.get(customer) {
                 let row = DimCustomer {
                     customer_key,
                     customer_id: tx.user_id.to_string(),
@@ -326,7 +337,8 @@ impl Engine {
         if let Some(repeat) = repeated(self.session_dedup.admit(&session.session_id, seen)) {
             return repeat;
         }
-        self.warehouse.apply_session(session);
+        let customer = self.rfm.intern(&session.user_id);
+        self.warehouse.apply_session(session, customer);
         match self.part.as_deref_mut() {
             None => self.trends.apply_session(session),
             Some(part) => part.pending.trends.add_session(session),
@@ -388,7 +400,7 @@ impl Engine {
                     self.views_generation + converging % spread
                 }
             };
-            if let Some(customer_key) = self.warehouse.customers.get(d.customer_id.as_str()) {
+            if let Some(customer_key) = self.customer_key(&d.customer_id) {
                 let row = DimCustomer {
                     customer_key,
                     customer_id: d.customer_id.clone(),
@@ -401,7 +413,7 @@ impl Engine {
         let rfm_deletes = self.rfm.take_removed();
         // A repair took their last purchase: no segment any more.
         for id in &rfm_deletes {
-            if let Some(customer_key) = self.warehouse.customers.get(id.as_str()) {
+            if let Some(customer_key) = self.customer_key(id) {
                 let row = DimCustomer {
                     customer_key,
                     customer_id: id.clone(),
@@ -563,7 +575,8 @@ impl Engine {
                 FactFix::Put { line, location_key, replaces, attributes } => {
                     let day = epoch_day(DateTime::from_timestamp_millis(line.at_ms).unwrap_or_default().date_naive());
                     self.products.ensure(&line.product_id, attributes, day);
-                    self.warehouse.put_fact(line, *location_key, *replaces);
+                    let customer = self.rfm.intern(&line.customer_id);
+                    self.warehouse.put_fact(line, customer, *location_key, *replaces);
                     let before =
                         replaces.map_or(serde_json::Value::Null, |k| serde_json::json!({ "kind": k.as_str() }));
                     RepairChange { scope: "fact", key: line.sale_id.clone(), before, after: line.json() }

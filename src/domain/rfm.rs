@@ -361,7 +361,8 @@ impl RfmState {
         &self.config
     }
 
-    /// Customers with any event (including refund-only ones).
+    /// Customers known: those with any event (including refund-only ones), and those known
+    /// only from a session or a key a database holds.
     pub fn customer_count(&self) -> usize {
         self.customers.len()
     }
@@ -412,7 +413,7 @@ impl RfmState {
     /// Applies one valid, first-seen event: O(1).
     /// Applies a transaction; returns the customer's index and its last purchase before it.
     pub fn apply(&mut self, tx: &Transaction) -> (u32, Option<DateTime<Utc>>) {
-        let idx = self.handle(&tx.user_id, tx.timestamp);
+        let idx = self.intern(&tx.user_id);
         let c = &mut self.customers[idx as usize];
         c.mark_dirty(idx, &mut self.dirty);
         let prior_last = (c.frequency > 0).then_some(c.last_purchase_at);
@@ -452,7 +453,7 @@ impl RfmState {
         monetary: Cents,
         purchases: Option<(DateTime<Utc>, DateTime<Utc>)>,
     ) -> u32 {
-        let idx = self.handle(id, purchases.map_or(DateTime::<Utc>::UNIX_EPOCH, |p| p.0));
+        let idx = self.intern(id);
         let c = &mut self.customers[idx as usize];
         c.mark_dirty(idx, &mut self.dirty);
         c.frequency = frequency;
@@ -464,11 +465,13 @@ impl RfmState {
         idx
     }
 
-    /// The handle of customer `id`, a new customer (no purchase yet, its times `t`) if unknown.
-    fn handle(&mut self, id: &str, t: DateTime<Utc>) -> u32 {
+    /// The handle of customer `id`: a new customer, with no event yet, if unknown. Every
+    /// customer id the engine sees is interned here (also those of sessions and of keys a
+    /// database already holds), so the star schema keys customers by this handle too.
+    pub fn intern(&mut self, id: &str) -> u32 {
         let (idx, new) = self.ids.intern(id);
         if new {
-            self.customers.push(Customer::new(t));
+            self.customers.push(Customer::new(DateTime::<Utc>::UNIX_EPOCH));
         }
         idx
     }

@@ -71,6 +71,58 @@ impl KeyRegistry {
     }
 }
 
+/// The customers' surrogate keys, by the customer's handle in the RFM state (which interns
+/// every customer id the engine sees: one copy of each id for both): 4 bytes a customer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CustomerKeys {
+    /// The key of each handle; 0 while it has none (a customer known only from a repair).
+    #[serde(deserialize_with = "super::interned::exact_vec")]
+    keys: Vec<i32>,
+    next: i32,
+}
+
+impl Default for CustomerKeys {
+    fn default() -> Self {
+        Self::starting_at(1)
+    }
+}
+
+impl CustomerKeys {
+    /// No keys yet; the first one given is `next`.
+    pub fn starting_at(next: i32) -> Self {
+        CustomerKeys { keys: Vec::new(), next }
+    }
+
+    /// The key of the customer `handle`, and whether it was handed out just now.
+    pub fn key(&mut self, handle: u32) -> (i32, bool) {
+        if let Some(key) = self.get(handle) {
+            return (key, false);
+        }
+        let key = self.next;
+        self.next += 1;
+        self.set(handle, key);
+        (key, true)
+    }
+
+    pub fn get(&self, handle: u32) -> Option<i32> {
+        self.keys.get(handle as usize).copied().filter(|&k| k != 0)
+    }
+
+    /// Takes a key already given (by an earlier run, read from the database).
+    pub fn preload(&mut self, handle: u32, key: i32) {
+        self.next = self.next.max(key + 1);
+        self.set(handle, key);
+    }
+
+    fn set(&mut self, handle: u32, key: i32) {
+        let i = handle as usize;
+        if self.keys.len() <= i {
+            self.keys.resize(i + 1, 0);
+        }
+        self.keys[i] = key;
+    }
+}
+
 /// A location's natural key: country, region and city in one string (absent parts marked
 /// apart from empty ones), so it is looked up without allocating.
 pub type LocationKey = Box<str>;
@@ -130,7 +182,7 @@ pub struct DimChanges {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Warehouse {
     pub products: KeyRegistry,
-    pub customers: KeyRegistry,
+    pub customers: CustomerKeys,
     pub locations: KeyRegistry,
     dates: super::FastSet<i32>,
     pending_facts: Vec<Fact>,
@@ -175,9 +227,10 @@ impl Warehouse {
         self.pending_facts.len() + self.pending_sessions.len() + self.pending_removals.len()
     }
 
-    /// A browsing session becomes a `fact_customer_sessions` row.
-    pub fn apply_session(&mut self, session: &super::session::Session) {
-        let (customer_key, new) = self.customers.key(session.user_id.as_str());
+    /// A browsing session of the customer `customer` (its RFM handle) becomes a
+    /// `fact_customer_sessions` row.
+    pub fn apply_session(&mut self, session: &super::session::Session, customer: u32) {
+        let (customer_key, new) = self.customers.key(customer);
         if new {
             self.new_customers.push((customer_key, session.user_id.clone()));
         }
@@ -204,8 +257,9 @@ impl Warehouse {
         }
     }
 
-    pub fn apply(&mut self, tx: &Transaction) {
-        let (customer_key, new) = self.customers.key(tx.user_id.as_str());
+    /// The facts of a transaction of the customer `customer` (its RFM handle).
+    pub fn apply(&mut self, tx: &Transaction, customer: u32) {
+        let (customer_key, new) = self.customers.key(customer);
         if new {
             self.new_customers.push((customer_key, tx.user_id.clone()));
         }
@@ -251,11 +305,17 @@ impl Warehouse {
     /// A repair's fact: the database's line, written as a fact with this state's keys (new
     /// ones for a customer or product no event named); `replaces`, the table of the fact of
     /// the same sale_id it replaces, which is removed first.
-    pub fn put_fact(&mut self, line: &super::reconcile::FactLine, location_key: i32, replaces: Option<EventKind>) {
+    pub fn put_fact(
+        &mut self,
+        line: &super::reconcile::FactLine,
+        customer: u32,
+        location_key: i32,
+        replaces: Option<EventKind>,
+    ) {
         if let Some(kind) = replaces {
             self.remove_fact(kind, &line.sale_id);
         }
-        let (customer_key, new) = self.customers.key(line.customer_id.as_str());
+        let (customer_key, new) = self.customers.key(customer);
         if new {
             self.new_customers.push((customer_key, line.customer_id.clone()));
         }

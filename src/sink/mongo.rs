@@ -24,7 +24,7 @@ use super::documents::{
 };
 use crate::config::{redact_uri, MongoConfig};
 use crate::domain::reconcile::FactLine;
-use crate::domain::warehouse::Warehouse;
+use crate::domain::Engine;
 use crate::domain::ViewChanges;
 use crate::domain::{EventKind, Location};
 
@@ -381,7 +381,7 @@ impl MongoSink {
 
     /// Gives the engine the surrogate keys this database already holds, so that keys never
     /// change across restarts and replays into it.
-    pub async fn preload_keys(&self, warehouse: &mut Warehouse) -> Result<usize, SinkError> {
+    pub async fn preload_keys(&self, engine: &mut Engine) -> Result<usize, SinkError> {
         let fail = |collection: &'static str| {
             move |e: mongodb::error::Error| SinkError::Read { collection: collection.into(), reason: first_line(&e) }
         };
@@ -389,14 +389,14 @@ impl MongoSink {
         let mut rows = self.db.collection::<Document>(DIM_PRODUCT).find(doc! {}).await.map_err(fail(DIM_PRODUCT))?;
         while let Some(d) = rows.try_next().await.map_err(fail(DIM_PRODUCT))? {
             if let (Ok(id), Ok(key)) = (d.get_str("product_id"), d.get_i32("product_key")) {
-                warehouse.products.preload(id, key);
+                engine.warehouse_mut().products.preload(id, key);
                 n += 1;
             }
         }
         let mut rows = self.db.collection::<Document>(DIM_CUSTOMER).find(doc! {}).await.map_err(fail(DIM_CUSTOMER))?;
         while let Some(d) = rows.try_next().await.map_err(fail(DIM_CUSTOMER))? {
             if let (Ok(id), Ok(key)) = (d.get_str("customer_id"), d.get_i32("customer_key")) {
-                warehouse.customers.preload(id, key);
+                engine.preload_customer_key(id, key);
                 n += 1;
             }
         }
@@ -409,7 +409,10 @@ impl MongoSink {
                     city: d.get_str("city").ok().map(str::to_owned),
                     timezone: None,
                 };
-                warehouse.locations.preload(&crate::domain::warehouse::location_natural_key(&location), key);
+                engine
+                    .warehouse_mut()
+                    .locations
+                    .preload(&crate::domain::warehouse::location_natural_key(&location), key);
                 n += 1;
             }
         }
