@@ -9,6 +9,16 @@
 
 pub mod postgres;
 
+// The broker and the topic of the bare measuring tools (`bare_consumer`, `cluster_bench`); a
+// plain comment: a doc comment would become their --help text.
+#[derive(Debug, clap::Args)]
+pub struct TopicArgs {
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    pub brokers: String,
+    #[arg(long)]
+    pub topic: String,
+}
+
 use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

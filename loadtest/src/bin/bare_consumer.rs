@@ -17,10 +17,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 #[derive(Debug, Parser)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:19092")]
-    brokers: String,
-    #[arg(long)]
-    topic: String,
+    #[command(flatten)]
+    target: loadtest::TopicArgs,
     /// Follow the topic for this many seconds and report delivery latency.
     #[arg(long, value_name = "SECONDS")]
     follow: Option<u64>,
@@ -29,21 +27,21 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+        .set("bootstrap.servers", &args.target.brokers)
         .set("group.id", "martstream-bench-bare")
         .set("enable.auto.commit", "false")
         .set("receive.message.max.bytes", "2147483647")
         .create()
         .context("creating the consumer")?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(&args.topic), timeout).context("metadata")?;
+    let metadata = consumer.fetch_metadata(Some(&args.target.topic), timeout).context("metadata")?;
     let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut tpl = TopicPartitionList::new();
     let mut end: HashMap<i32, i64> = HashMap::new();
     for &p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(&args.topic, p, timeout)?;
+        let (low, high) = consumer.fetch_watermarks(&args.target.topic, p, timeout)?;
         let start = if args.follow.is_some() { Offset::Offset(high) } else { Offset::Offset(low) };
-        tpl.add_partition_offset(&args.topic, p, start)?;
+        tpl.add_partition_offset(&args.target.topic, p, start)?;
         end.insert(p, high);
     }
     consumer.assign(&tpl)?;

@@ -26,10 +26,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 #[derive(Debug, Parser)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:19092")]
-    brokers: String,
-    #[arg(long)]
-    topic: String,
+    #[command(flatten)]
+    target: loadtest::TopicArgs,
     #[arg(long)]
     mongo_uri: String,
     #[arg(long)]
@@ -109,15 +107,15 @@ async fn main() -> Result<()> {
     if args.classic_port.is_some() && args.instances != 1 {
         bail!("--classic-port runs one instance");
     }
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &args.target.brokers).create()?;
     let timeout = Duration::from_secs(30);
-    let metadata = consumer.fetch_metadata(Some(&args.topic), timeout).context("topic metadata")?;
+    let metadata = consumer.fetch_metadata(Some(&args.target.topic), timeout).context("topic metadata")?;
     let Some(t) = metadata.topics().first().filter(|t| !t.partitions().is_empty()) else {
-        bail!("topic {} not found", args.topic);
+        bail!("topic {} not found", args.target.topic);
     };
     let mut ends = BTreeMap::new();
     for p in t.partitions() {
-        let (_, high) = consumer.fetch_watermarks(&args.topic, p.id(), timeout)?;
+        let (_, high) = consumer.fetch_watermarks(&args.target.topic, p.id(), timeout)?;
         ends.insert(p.id(), high);
     }
     let events: i64 = ends.values().sum();
