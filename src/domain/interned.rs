@@ -75,11 +75,6 @@ impl Interner {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         (0..self.ends.len() as u32).map(|h| self.resolve(h))
     }
-
-    /// Heap bytes held (for the memory tables).
-    pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 5
-    }
 }
 
 impl fmt::Debug for Interner {

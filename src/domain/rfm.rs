@@ -186,7 +186,9 @@ const DIRTY: u16 = 1 << 10;
 const SCORES: u16 = (1 << 9) - 1;
 
 impl Customer {
-    fn new(t: DateTime<Utc>) -> Self {
+    /// A customer with no events yet (its purchase times are set by its first purchase).
+    fn new() -> Self {
+        let t = DateTime::<Utc>::UNIX_EPOCH;
         Customer { frequency: 0, monetary: 0, first_purchase_at: t, last_purchase_at: t, marks: 0 }
     }
 
@@ -471,7 +473,7 @@ impl RfmState {
     pub fn intern(&mut self, id: &str) -> u32 {
         let (idx, new) = self.ids.intern(id);
         if new {
-            self.customers.push(Customer::new(DateTime::<Utc>::UNIX_EPOCH));
+            self.customers.push(Customer::new());
         }
         idx
     }
@@ -712,7 +714,7 @@ mod tests {
     #[test]
     fn a_customer_record_is_40_bytes_and_keeps_its_marks_apart() {
         assert_eq!(std::mem::size_of::<Customer>(), 40);
-        let mut c = Customer::new(DateTime::<Utc>::UNIX_EPOCH);
+        let mut c = Customer::new();
         c.set_emitted([5, 1, 4]);
         c.set_ranked(true);
         c.mark_dirty(7, &mut Vec::new());
