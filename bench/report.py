@@ -473,9 +473,13 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   visitors that keep the SPEC's members borrowed and hash the rest into the fingerprint),
   and the binary and these benchmarks run on jemalloc. Before, glibc's malloc/free
   (consolidation, unlinking) and fresh-page faults were over a quarter of `apply`'s
-  profile. What `apply` spends now (perf, 200k events, flush every 10k): the flush about
-  45% (RFM documents 12%, the three rank indexes' block moves ~20%), the star schema's
-  facts and key lookups ~22% (a `format!` per fact id, memcmp of ids), dedup ~10%.
+  profile. What `apply` spends at the interned layout (perf of `engine/apply`, 200k
+  events, flush every 10k; self time, the bench's setup included): bringing the rank
+  indexes up to date at the flush ~11% (`sync_ranks`) plus most of the 10% in memmove;
+  the star schema ~10% (facts, a `format!` per fact id, dim_customer restates); dedup
+  ~8% (its sweeps' `retain` 5%, `admit` 2%); the interned ids ~5%; the allocator ~6%;
+  RFM documents ~2%. Smaller rank blocks (128 keys instead of 512) measured slower
+  (266–282k vs 295–307k events/s, alternating runs), so the block size stays.
   Decoding's remaining cost is serde_json's string scanning and UTF-8 checks and the
   event's owned strings (about 20 allocations an event). On the live path the engine is
   not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core,
