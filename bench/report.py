@@ -484,13 +484,17 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   event's owned strings (about 20 allocations an event). On the live path the engine is
   not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core,
   and the service's ~0.55 core goes to building BSON, the driver and rdkafka.
-- **Scale-out on this machine** (§7). Cluster mode with one instance takes about 1.5×
-  the classic instance's time over the same events; mongod does about 1.4× the work (the
+- **Scale-out on this machine** (§7). Cluster mode with one instance takes 1.2–1.6× the
+  classic instance's time over the same events (over runs); mongod does more work (the
   exchange's chunks, the reads of them, and the view writes of partitions that finished
-  their backlog while others had not). Two instances on the same 2 cores take the time of
-  one (27.3 s vs 27.2 s): the per-customer work divides (RSS per instance 299 → 194 MB),
-  but the service, mongod and the broker already share the two cores, so a second
-  instance has no idle core to use. Before a taken partition waited for its backlog to be
+  their backlog while others had not). Two instances on the same 2 cores are no faster
+  than one and vary most from run to run: 27.3 s against one instance's 27.2 s in an
+  earlier run (run-1796603721), 38.2 s against 22.6 s in this one, and 40–47 s in an A/B
+  of this build against the one before the interned layout (ed337b1), alternating on one
+  topic: 39.6 and 46.6 s against 42.9 and 41.7 s, so the layout is not the cause. The
+  per-customer memory divides (RSS per instance ~290 → ~190 MB), but the service, mongod
+  and the broker already share the two cores, so a second instance has no idle core to
+  use and two instances' fetch loops add to the contention. Before a taken partition waited for its backlog to be
   read before writing its views (as a classic start does), two instances took 1.9× one:
   they wrote every customer at every flush. perf of that run: 78–82% of each instance's
   samples in librdkafka's broker thread parsing fetch replies back to back. Against
