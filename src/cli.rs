@@ -418,6 +418,7 @@ async fn consume(config: &Config, plan: Plan) -> Result<Summary> {
         flush_every: Duration::from_millis(config.service.flush_interval_ms),
         dimension_every: Duration::from_millis(config.service.dimension_interval_ms),
         rank_every: Duration::from_millis(config.service.rank_interval_ms),
+        rescores_per_flush: (config.service.rescores_per_flush > 0).then_some(config.service.rescores_per_flush),
         backoff: Backoff {
             initial: Duration::from_millis(config.service.retry_initial_ms),
             max: Duration::from_millis(config.service.retry_max_ms),

@@ -253,6 +253,12 @@ pub struct ServiceConfig {
     /// product passed them) are written at most this often, each once with its rank then; a
     /// product's own change is written at the next view flush with its current rank.
     pub rank_interval_ms: u64,
+    /// customer_rfm_analysis documents a view flush writes at most for changes that are not
+    /// the customer's own: a quintile boundary that moves across a tie group rescores the
+    /// whole group, and a new date changes every recency. The rest wait for the next
+    /// flushes, oldest first (`martstream_rfm_rescores_waiting`), so that the views of new
+    /// events do not queue behind them. 0: all in the flush that moved them.
+    pub rescores_per_flush: usize,
     /// Address of /metrics, /healthz and /readyz; empty to serve none.
     pub http_listen: String,
     /// When set, every `/v1` request needs `Authorization: Bearer <token>` (401 otherwise);
@@ -283,6 +289,7 @@ impl Default for ServiceConfig {
             flush_interval_ms: 200,
             dimension_interval_ms: 30000,
             rank_interval_ms: 5000,
+            rescores_per_flush: 2000,
             http_listen: "127.0.0.1:9464".into(),
             api_token: String::new(),
             allow_unauthenticated: false,

@@ -195,6 +195,12 @@ impl Engine {
         self.restate_spread = generations.max(1);
     }
 
+    /// At most `budget` customer_rfm_analysis documents per view flush for changes that are
+    /// not the customer's own (see [`RfmState::defer_rescores`]); `None`: all at once.
+    pub fn defer_rescores(&mut self, budget: Option<usize>) {
+        self.rfm.defer_rescores(budget);
+    }
+
     /// Heap bytes each part of the state holds, for memory reports: the parts are dropped one
     /// at a time and `allocated` (the allocator's count of live bytes) is read after each.
     pub fn bytes_by_part(self, allocated: impl Fn() -> usize) -> Vec<(&'static str, usize)> {
@@ -768,6 +774,63 @@ mod tests {
         Ok(())
     }
 
+    /// With a rescore budget: every flush writes the customers' own changes and at most
+    /// `budget` documents besides; a snapshot round trip keeps what waits; flushing on
+    /// without events drains it, and the views then equal the batch recompute.
+    fn check_deferred(arrivals: &[Arrival], final_hours: i16, budget: usize) -> Result<(), TestCaseError> {
+        let config = config(Scoring::Quintile);
+        let mut engine = Engine::new(config.clone());
+        engine.defer_rescores(Some(budget));
+        let mut views = Views::default();
+        let mut accepted = Vec::new();
+        let mut touched = std::collections::BTreeSet::new();
+        let at =
+            |engine: &Engine, hours: i16| engine.watermark().unwrap_or_else(base_time) + Duration::hours(hours.into());
+        let mut flush = |engine: &mut Engine, t, touched: &mut std::collections::BTreeSet<String>| {
+            let changes = engine.flush(t, false);
+            let written = changes.rfm.len() + changes.rfm_deletes.len();
+            let allowed = std::mem::take(touched).len() + budget;
+            views.apply(changes);
+            prop_assert!(written <= allowed, "{written} documents written, {allowed} allowed");
+            Ok(())
+        };
+        for arrival in arrivals {
+            match arrival {
+                Arrival::Event(d) => {
+                    if !matches!(engine.apply(d), Outcome::Conflicting) {
+                        touched.insert(d.tx.user_id.clone());
+                        accepted.push(d.tx.clone());
+                    }
+                }
+                Arrival::Session(_) => {}
+                Arrival::Flush(hours) => {
+                    let t = at(&engine, *hours);
+                    flush(&mut engine, t, &mut touched)?
+                }
+            }
+        }
+        let bytes = postcard::to_allocvec(&engine).expect("encodes");
+        let mut engine: Engine = postcard::from_bytes(&bytes).expect("decodes");
+        prop_assert_eq!(
+            engine.rfm().rescores_waiting(),
+            postcard::from_bytes::<Engine>(&bytes).unwrap().rfm().rescores_waiting()
+        );
+        engine.defer_rescores(Some(budget));
+        let last = at(&engine, final_hours);
+        flush(&mut engine, last, &mut touched)?;
+        for _ in 0..10_000 {
+            if engine.rfm().rescores_waiting() == 0 {
+                break;
+            }
+            flush(&mut engine, last, &mut touched)?;
+        }
+        prop_assert_eq!(engine.rfm().rescores_waiting(), 0);
+        let expected = batch::rfm(&batch::first_arrivals(&accepted), last, &config.rfm);
+        let got: Vec<RfmDoc> = views.dated(last).rfm.into_values().collect();
+        prop_assert_eq!(got, expected);
+        Ok(())
+    }
+
     fn recount(events: &[&Transaction], cutoff_us: i64) -> BTreeMap<String, CustomerFigures> {
         let mut out: BTreeMap<String, CustomerFigures> = BTreeMap::new();
         for e in events.iter().filter(|e| e.timestamp.timestamp_micros() < cutoff_us) {
@@ -1206,6 +1269,11 @@ mod tests {
         #[test]
         fn rfm_quintiles_equal_a_batch_recompute(steps in steps(120, 10), final_hours in -48i16..72) {
             check(Scoring::Quintile, &arrivals(&steps), final_hours)?;
+        }
+
+        #[test]
+        fn deferred_rescores_drain_to_a_batch_recompute(steps in steps(120, 10), final_hours in -48i16..72, budget in 1usize..6) {
+            check_deferred(&arrivals(&steps), final_hours, budget)?;
         }
 
         #[test]

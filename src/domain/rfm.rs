@@ -177,12 +177,14 @@ pub struct Customer {
     /// emitted document (R, F, M, 3 bits each; all 0 before the first); bit 9, whether the
     /// customer is in the rank indexes (quintile scoring), under the keys of its figures as
     /// of the last flush ([`Customer::keys`] unless dirty, and then the old keys are in
-    /// [`RfmState::dirty`]); bit 10, dirty (changed since the last flush).
+    /// [`RfmState::dirty`]); bit 10, dirty (changed since the last flush); bit 11, waiting
+    /// in [`RfmState::rescores`] for a deferred rescore.
     marks: u16,
 }
 
 const RANKED: u16 = 1 << 9;
 const DIRTY: u16 = 1 << 10;
+const RESCORE: u16 = 1 << 11;
 const SCORES: u16 = (1 << 9) - 1;
 
 impl Customer {
@@ -228,6 +230,17 @@ impl Customer {
             self.marks |= DIRTY;
             dirty.push((idx, self.ranked().then(|| self.keys())));
         }
+    }
+
+    /// Sets the rescore flag; whether it was clear.
+    fn mark_rescore(&mut self) -> bool {
+        let was_clear = self.marks & RESCORE == 0;
+        self.marks |= RESCORE;
+        was_clear
+    }
+
+    fn clear_rescore(&mut self) {
+        self.marks &= !RESCORE;
     }
 
     /// The rank-index keys of the current figures.
@@ -311,6 +324,17 @@ struct FlushMark {
     bounds: Option<[Bounds; 3]>,
 }
 
+/// What a flush scores against.
+struct FlushAt {
+    as_of: DateTime<Utc>,
+    as_of_day: i64,
+    /// F, M, R boundaries (quintile scoring), over `n` customers.
+    bounds: Option<[Bounds; 3]>,
+    n: usize,
+    /// A complete flush (dim_customer rows restated).
+    full: bool,
+}
+
 /// Incremental RFM state over all customers.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RfmState {
@@ -326,6 +350,16 @@ pub struct RfmState {
     last_flush: Option<FlushMark>,
     /// Customers whose document a flush removed, until the engine takes them.
     removed: Vec<String>,
+    /// Deferred rescores (see [`RfmState::defer_rescores`]): customers a quintile boundary
+    /// moved past, oldest first, each once (its `RESCORE` mark), not yet written.
+    rescores: std::collections::VecDeque<u32>,
+    /// A new date's restatement in progress: every customer from this handle on is still
+    /// to be written with the new recency (those before it were).
+    restating_from: Option<u32>,
+    /// Documents a flush writes at most for changes that are not the customer's own (a
+    /// boundary moved, the date changed); `None`: all at once.
+    #[serde(skip)]
+    rescore_budget: Option<usize>,
 }
 
 /// What an RFM flush means for the customer's dim_customer row.
@@ -351,7 +385,29 @@ impl RfmState {
             ranks,
             last_flush: None,
             removed: Vec::new(),
+            rescores: Default::default(),
+            restating_from: None,
+            rescore_budget: None,
         }
+    }
+
+    /// Defers the documents whose change is not the customer's own: when a quintile
+    /// boundary crosses a tie group (every customer with two purchases, say), or the date
+    /// changes (every recency), a flush would rewrite thousands of documents at once and the
+    /// views of the events in it would wait for them. With a budget, each flush writes the
+    /// customers' own changes, then at most `budget` of these, oldest first; the others keep
+    /// the document MongoDB holds (scores consistent with the boundaries of an earlier
+    /// flush) until their turn. A complete flush writes them all. `None`: all at once (a
+    /// budget of 0 is taken as 1, so that what waits drains).
+    pub fn defer_rescores(&mut self, budget: Option<usize>) {
+        self.rescore_budget = budget.map(|b| b.max(1));
+    }
+
+    /// Documents waiting for a deferred rescore (at most: a waiting customer whose scores
+    /// came back is dropped without a write).
+    pub fn rescores_waiting(&self) -> usize {
+        let restating = self.restating_from.map_or(0, |from| self.customers.len().saturating_sub(from as usize));
+        self.rescores.len() + restating
     }
 
     /// Drops the rank indexes (for [`super::Engine::bytes_by_part`]: the state is dropped next).
@@ -537,56 +593,118 @@ impl RfmState {
             (Some(r), None) => (Some(r.bounds(as_of_day)), r.frequency.len()),
             (Some(_), Some(all)) => (Some(all.bounds(as_of_day)), all.customers() as usize),
         };
+        let at = FlushAt { as_of, as_of_day, bounds, n, full };
+        let budget = self.rescore_budget.filter(|_| !full);
+        let new_day = self.last_flush.is_some_and(|m| m.as_of_day != as_of_day);
 
-        let everyone = full || self.last_flush.is_none_or(|m| m.as_of_day != as_of_day);
-        let candidates: Vec<u32> = if everyone {
-            (0..self.customers.len() as u32).collect()
+        let mut docs = Vec::new();
+        if full || self.last_flush.is_none() || (new_day && budget.is_none()) {
+            // Every document (the date changed: every recency did).
+            for idx in std::mem::take(&mut self.rescores) {
+                self.customers[idx as usize].clear_rescore();
+            }
+            self.restating_from = None;
+            for idx in 0..self.customers.len() as u32 {
+                docs.extend(self.emit(idx, true, &at));
+            }
         } else {
-            let mut c: Vec<u32> = dirty.iter().map(|d| d.0).collect();
-            if let (Some(ranks), Some(old), Some(new)) = (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds) {
-                ranks.movers(&old, &new, as_of_day, &mut c);
-                c.sort_unstable();
-                c.dedup();
+            let mut own: Vec<u32> = dirty.iter().map(|d| d.0).collect();
+            own.sort_unstable();
+            let mut movers = Vec::new();
+            if new_day {
+                // Every recency changed: a restatement sweeps every customer in turn.
+                self.restating_from = Some(0);
+            } else if let (Some(ranks), Some(old), Some(new)) =
+                (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds)
+            {
+                ranks.movers(&old, &new, as_of_day, &mut movers);
             }
-            c
-        };
-
-        let mut docs = Vec::with_capacity(candidates.len());
-        for idx in candidates {
-            let (id, c) = (self.ids.resolve(idx), &mut self.customers[idx as usize]);
-            let was_dirty = c.take_dirty();
-            let emitted = c.emitted();
-            if c.frequency == 0 {
-                if emitted != [0; 3] {
-                    c.set_emitted([0; 3]);
-                    self.removed.push(id.to_string());
+            match budget {
+                None => {
+                    own.extend(movers);
+                    own.sort_unstable();
+                    own.dedup();
+                    for &idx in &own {
+                        docs.extend(self.emit(idx, false, &at));
+                    }
                 }
-                continue;
-            }
-            let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
-            let recency = (as_of_day - last_day).max(0);
-            let scores = match &bounds {
-                Some([f, m, r]) if n > 0 => {
-                    [score(last_day.min(as_of_day), r), score(i64::from(c.frequency), f), score(c.monetary, m)]
+                Some(budget) => {
+                    for &idx in &own {
+                        docs.extend(self.emit(idx, false, &at));
+                    }
+                    for idx in movers {
+                        if own.binary_search(&idx).is_err() && self.customers[idx as usize].mark_rescore() {
+                            self.rescores.push_back(idx);
+                        }
+                    }
+                    let spent = docs.len();
+                    self.drain_rescores(spent + budget, &own, &at, &mut docs);
                 }
-                _ => self.config.bin_scores(recency, i64::from(c.frequency), c.monetary),
-            };
-            if !(everyone || was_dirty || scores != emitted) {
-                continue;
             }
-            // The lifetime value only changes with the customer's own events (dirty).
-            let dim = if was_dirty || emitted == [0; 3] || self.config.segment(emitted) != self.config.segment(scores) {
-                DimRow::Changed
-            } else if full {
-                DimRow::Restated
-            } else {
-                DimRow::Unchanged
-            };
-            c.set_emitted(scores);
-            docs.push((document(&self.config, id, c, (recency, scores), as_of), dim));
         }
         self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
         docs
+    }
+
+    /// Writes deferred rescores, then the date's restatement, until `docs` holds `limit`
+    /// documents. `own`: the customers this flush already wrote, sorted.
+    fn drain_rescores(&mut self, limit: usize, own: &[u32], at: &FlushAt, docs: &mut Vec<(RfmDoc, DimRow)>) {
+        while docs.len() < limit {
+            let Some(idx) = self.rescores.pop_front() else { break };
+            self.customers[idx as usize].clear_rescore();
+            // The restatement has yet to reach it, and will write it as it is then.
+            if self.restating_from.is_some_and(|from| idx >= from) {
+                continue;
+            }
+            docs.extend(self.emit(idx, false, at));
+        }
+        while let Some(from) = self.restating_from.filter(|_| docs.len() < limit) {
+            if from as usize >= self.customers.len() {
+                self.restating_from = None;
+                break;
+            }
+            self.restating_from = Some(from + 1);
+            if own.binary_search(&from).is_err() {
+                docs.extend(self.emit(from, true, at));
+            }
+        }
+    }
+
+    /// Customer `idx`'s document if it is to be written: with `force`, or when it is dirty
+    /// or its scores differ from those last emitted. A customer whose last purchase went
+    /// (a repair) is noted in `removed` instead.
+    fn emit(&mut self, idx: u32, force: bool, at: &FlushAt) -> Option<(RfmDoc, DimRow)> {
+        let (id, c) = (self.ids.resolve(idx), &mut self.customers[idx as usize]);
+        let was_dirty = c.take_dirty();
+        let emitted = c.emitted();
+        if c.frequency == 0 {
+            if emitted != [0; 3] {
+                c.set_emitted([0; 3]);
+                self.removed.push(id.to_string());
+            }
+            return None;
+        }
+        let last_day = i64::from(epoch_day(c.last_purchase_at.date_naive()));
+        let recency = (at.as_of_day - last_day).max(0);
+        let scores = match &at.bounds {
+            Some([f, m, r]) if at.n > 0 => {
+                [score(last_day.min(at.as_of_day), r), score(i64::from(c.frequency), f), score(c.monetary, m)]
+            }
+            _ => self.config.bin_scores(recency, i64::from(c.frequency), c.monetary),
+        };
+        if !(force || was_dirty || scores != emitted) {
+            return None;
+        }
+        // The lifetime value only changes with the customer's own events (dirty).
+        let dim = if was_dirty || emitted == [0; 3] || self.config.segment(emitted) != self.config.segment(scores) {
+            DimRow::Changed
+        } else if at.full {
+            DimRow::Restated
+        } else {
+            DimRow::Unchanged
+        };
+        c.set_emitted(scores);
+        Some((document(&self.config, id, c, (recency, scores), at.as_of), dim))
     }
 
     /// Moves the dirty customers' keys in the rank indexes to their current values (and

@@ -147,6 +147,9 @@ pub struct Cadence {
     pub dimension_every: Duration,
     /// product_performance rank-only rewrites are written at most this often.
     pub rank_every: Duration,
+    /// customer_rfm_analysis rewrites that are not the customer's own change (a boundary
+    /// moved, the date changed), at most this many per view flush; `None`: all at once.
+    pub rescores_per_flush: Option<usize>,
     pub backoff: Backoff,
     /// Consumption pauses while more facts than this wait for MongoDB.
     pub max_pending_facts: usize,
@@ -226,6 +229,7 @@ impl Worker {
         // A complete flush's restates fall due over about one more dimension interval.
         let flushes_per_interval = cadence.dimension_every.as_millis() / cadence.flush_every.as_millis().max(1);
         engine.spread_restates_over(flushes_per_interval as u64);
+        engine.defer_rescores(cadence.rescores_per_flush);
         Worker {
             engine,
             dlq,
@@ -344,6 +348,7 @@ impl Worker {
         }
         self.late_exported = late;
         self.metrics.customers.set(self.engine.rfm().customer_count() as i64);
+        self.metrics.rescores_waiting.set(self.engine.rfm().rescores_waiting() as i64);
         self.metrics.products.set(self.engine.products().product_count() as i64);
         if self.segments_counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(15)) {
             self.segments_counted = Some(Instant::now());
@@ -475,6 +480,7 @@ impl Pipeline {
         let converge = (final_full && applied_any) || worker.convergence.due(&worker.positions);
         {
             worker.ranks_flushed = None; // the last flush writes every deferred rank
+            worker.engine.defer_rescores(None); // and every deferred rescore
             let views = worker.view_changes(converge).unwrap_or_default();
             worker.mirror.apply(&views);
             let bulk = worker.bulk_changes(true);

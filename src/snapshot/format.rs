@@ -17,7 +17,8 @@
 //! decoder computes them (`domain::decode`), which a version-4 snapshot's do not match;
 //! version 6 keeps a customer's old rank keys only while it is dirty (a flag per customer
 //! instead of its keys); version 7 holds ids interned (the customers' ids and every key
-//! registry's natural keys as one sequence of strings, the records by handle).
+//! registry's natural keys as one sequence of strings, the records by handle); version 8
+//! holds the RFM rescores deferred by a flush budget (the queue and the date's restatement).
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -25,7 +26,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::domain::{Engine, ViewConfig};
 
 pub const MAGIC: &[u8; 8] = b"MARTSNAP";
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 const HEADER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub partitions_assigned: IntGauge,
     pub ready: IntGauge,
     pub customers: IntGauge,
+    pub rescores_waiting: IntGauge,
     pub dedup_entries: IntGauge,
     pub event_time_watermark: IntGauge,
     pub consumer_lag: IntGaugeVec,
@@ -124,6 +125,10 @@ impl Metrics {
             partitions_assigned: gauge("martstream_partitions_assigned", "Input partitions this instance consumes."),
             ready: gauge("martstream_ready", "1 when /readyz answers ready."),
             customers: gauge("martstream_customers", "Customers held in the state."),
+            rescores_waiting: gauge(
+                "martstream_rfm_rescores_waiting",
+                "customer_rfm_analysis documents whose scores moved with a quintile boundary (or whose recency moved with the date), waiting for their turn under service.rescores_per_flush.",
+            ),
             dedup_entries: gauge("martstream_dedup_entries", "transaction_ids remembered for dedup."),
             event_time_watermark: gauge(
                 "martstream_event_time_watermark_seconds",
