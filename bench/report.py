@@ -82,7 +82,8 @@ def bare_quantiles(line):
 curve = []
 for r in curve_rates:
     c = {k: num(f"CURVE_{r}_{k}") for k in ["VIEWS_P50", "VIEWS_P99", "VIEWS_P999", "FACTS_P50", "FACTS_P99",
-                                              "FACTS_P999", "DOCS", "EVENTS", "DOCS_PER_S", "CPU"]}
+                                              "FACTS_P999", "DOCS", "EVENTS", "DOCS_PER_S", "CPU",
+                                              "RESCORES_MAX", "FACTS_PENDING_MAX"]}
     c["rate"] = r
     c["bare"] = bare_quantiles(env.get(f"CURVE_{r}_BARE"))
     c["wpe"] = c["DOCS"] / c["EVENTS"] if c["EVENTS"] else float("nan")
@@ -199,13 +200,18 @@ bpc_1m, bpc_5m = (next((float(b) for c, b in bytes_per_customer if c == n and b.
                         float("nan")) for n in ("1000000", "5000000"))
 snap_1m = float(restore_col(one_m, "snapshot bytes/customer")) if one_m else float("nan")
 
+def count(x):
+    return "n/a" if x != x else f"{x:,.0f}"
+
+
 def triple(a, b, c):
     return " / ".join("n/a" if x != x else f"{x:.2f} s" for x in (a, b, c))
 
 
 curve_rows = "\n".join(
     f"| {c['rate']:,} | {triple(*c['bare'])} | {triple(c['VIEWS_P50'], c['VIEWS_P99'], c['VIEWS_P999'])} | "
-    f"{triple(c['FACTS_P50'], c['FACTS_P99'], c['FACTS_P999'])} | {c['wpe']:.2f} | {c['DOCS_PER_S']:,.0f} | {c['CPU']:.2f} |"
+    f"{triple(c['FACTS_P50'], c['FACTS_P99'], c['FACTS_P999'])} | {c['wpe']:.2f} | {c['DOCS_PER_S']:,.0f} | {c['CPU']:.2f} | "
+    f"{count(c['RESCORES_MAX'])} / {count(c['FACTS_PENDING_MAX'])} |"
     for c in curve)
 per_collection_rows = "\n".join(
     f"- {c['rate']:,}/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in c["per_collection"].items()) + f" (of {c['DOCS']:,.0f})"
@@ -339,9 +345,13 @@ moment the restored service is ready, so the restore's converging flush is not c
 `martstream_end_to_end_latency_seconds` (event → its analytic views acknowledged by
 MongoDB: the views lane) and `martstream_facts_latency_seconds` (event → its fact rows:
 the bulk lane). Not concurrently: on 2 cores a second consumer takes the service's CPU.
+"Most waiting", sampled every second while the load runs: customer_rfm_analysis documents
+whose rescore was deferred (`martstream_rfm_rescores_waiting`: a quintile boundary crossed
+a tie group, written under `service.rescores_per_flush`) and fact rows not yet written
+(`martstream_facts_pending`; consumption pauses at `service.max_pending_facts`, 20,000).
 
-| events/s | broker p50 / p99 / p99.9 | views p50 / p99 / p99.9 | facts p50 / p99 / p99.9 | writes/event | documents/s | service CPU |
-|---:|---|---|---|---:|---:|---:|
+| events/s | broker p50 / p99 / p99.9 | views p50 / p99 / p99.9 | facts p50 / p99 / p99.9 | writes/event | documents/s | service CPU | most waiting: rescores / facts |
+|---:|---|---|---|---:|---:|---:|---:|
 {curve_rows}
 
 Knee (highest rate whose views p99 ≤ 1 s): **{knee_text}**. Documents/s = documents

@@ -229,7 +229,6 @@ impl Worker {
         // A complete flush's restates fall due over about one more dimension interval.
         let flushes_per_interval = cadence.dimension_every.as_millis() / cadence.flush_every.as_millis().max(1);
         engine.spread_restates_over(flushes_per_interval as u64);
-        engine.defer_rescores(cadence.rescores_per_flush);
         Worker {
             engine,
             dlq,
@@ -480,7 +479,7 @@ impl Pipeline {
         let converge = (final_full && applied_any) || worker.convergence.due(&worker.positions);
         {
             worker.ranks_flushed = None; // the last flush writes every deferred rank
-            worker.engine.defer_rescores(None); // and every deferred rescore
+            worker.cadence.rescores_per_flush = None; // and every deferred rescore
             let views = worker.view_changes(converge).unwrap_or_default();
             worker.mirror.apply(&views);
             let bulk = worker.bulk_changes(true);
