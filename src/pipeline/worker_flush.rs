@@ -63,9 +63,9 @@ impl Worker {
                 if ranks {
                     self.ranks_flushed = Some(Instant::now());
                 }
-                // Deferred rescores yield to the bulk lane: while facts pile up towards the
-                // point where consumption pauses, a flush writes one rescore at most.
-                let yielding = self.engine.warehouse().pending_facts() >= self.cadence.max_pending_facts / 2;
+                // Deferred rescores yield to the bulk lane: while facts pile up (an eighth of
+                // the point where consumption pauses), a flush writes one rescore at most.
+                let yielding = self.engine.warehouse().pending_facts() >= self.cadence.max_pending_facts / 8;
                 self.engine.defer_rescores(self.cadence.rescores_per_flush.map(|b| if yielding { 1 } else { b }));
                 let changes = self.engine.flush_views_ranks(as_of, converge, ranks);
                 self.view_flushes.push_back((Instant::now(), self.engine.views_generation()));
