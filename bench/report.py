@@ -454,6 +454,23 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   scores from each document's own fields) was built, tested exact, and measured worse:
   7.42 s (one update runs single-threaded in mongod and scans the collection; documents
   go four batches at a time), so it was reverted.
+- **Rescores under a budget** (this run). Those rescores are not the customer's own
+  change, so they no longer ride in the flush that moved them: each view flush writes
+  its own changes, then at most `service.rescores_per_flush` (2,000) of the waiting ones,
+  oldest first, and only one while facts pile up in the state (an eighth of
+  `max_pending_facts`). Until its turn a waiting customer's document keeps an earlier
+  flush's scores (the "most waiting" column; a waiting customer whose scores came back is
+  dropped unwritten). Against the curve published before it (rescores in the flush that
+  moved them): views p99 at 1,000 events/s 1.99 → 0.70 s, at 2,000 events/s 3.04 →
+  1.64 s; the knee 500 → 1,000 events/s. Yielding matters at 2,000 events/s: the full
+  run yielding only at half of `max_pending_facts` (run-1796620421) gave 3.51 s with 27.8k
+  facts waiting, this one (yielding at an eighth) 1.64 s with 12.7k. What is left is
+  MongoDB's capacity on this machine: about 6 documents per event at 2,000 events/s is
+  ~12k documents/s, what mongod writes here beside the broker and the service; once
+  dim_customer rows fall due (30 s into the run, `dimension_interval_ms`) the bulk lane
+  falls behind and view flushes slow with it (flush log: 0.07–0.15 s each before, 0.5–1 s
+  after). Writes per event by collection are in the list above; fact_sales alone is
+  1.7 per event.
 - **Steady load, not a warm-up.** Live events are dated now (before, they were spread
   over the 90 days before now, so two thirds fell before the 30-day product window), over
   the restored history: the load every rate sees from its first second.
