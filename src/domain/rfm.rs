@@ -438,7 +438,8 @@ impl RfmState {
     /// applied since (scored against the last flush's boundaries until the next flush).
     /// Equal to the MongoDB document whenever the customer has no unflushed event, except
     /// `analysis_date`: the last flush's `as_of` here, the `as_of` of the flush that last
-    /// rewrote it there (the figures are the same at both). `None`
+    /// rewrote it there (the figures are the same at both); and, while a new date's
+    /// deferred restatement has not reached the customer, `recency` (today's here). `None`
     /// for an unknown or refund-only customer, or before the first flush.
     pub fn view(&self, id: &str) -> Option<RfmDoc> {
         let mark = self.last_flush?;
