@@ -359,7 +359,7 @@ pub struct RfmState {
     /// Documents a flush writes at most for changes that are not the customer's own (a
     /// boundary moved, the date changed); `None`: all at once.
     #[serde(skip)]
-    rescore_budget: Option<usize>,
+    pub(super) rescore_budget: Option<usize>,
 }
 
 /// What an RFM flush means for the customer's dim_customer row.
@@ -620,28 +620,18 @@ impl RfmState {
             {
                 ranks.movers(&old, &new, as_of_day, &mut movers);
             }
-            match budget {
-                None => {
-                    own.extend(movers);
-                    own.sort_unstable();
-                    own.dedup();
-                    for &idx in &own {
-                        docs.extend(self.emit(idx, false, &at));
-                    }
-                }
-                Some(budget) => {
-                    for &idx in &own {
-                        docs.extend(self.emit(idx, false, &at));
-                    }
-                    for idx in movers {
-                        if own.binary_search(&idx).is_err() && self.customers[idx as usize].mark_rescore() {
-                            self.rescores.push_back(idx);
-                        }
-                    }
-                    let spent = docs.len();
-                    self.drain_rescores(spent + budget, &own, &at, &mut docs);
+            for &idx in &own {
+                docs.extend(self.emit(idx, false, &at));
+            }
+            for idx in movers {
+                if own.binary_search(&idx).is_err() && self.customers[idx as usize].mark_rescore() {
+                    self.rescores.push_back(idx);
                 }
             }
+            // Without a budget, everything waiting goes now (also what an earlier flush
+            // with a budget left, e.g. before the last flush at shutdown).
+            let limit = docs.len().saturating_add(budget.unwrap_or(usize::MAX));
+            self.drain_rescores(limit, &own, &at, &mut docs);
         }
         self.last_flush = Some(FlushMark { as_of, as_of_day, bounds });
         docs
