@@ -599,8 +599,8 @@ impl RfmState {
         let new_day = self.last_flush.is_some_and(|m| m.as_of_day != as_of_day);
 
         let mut docs = Vec::new();
-        if full || self.last_flush.is_none() || (new_day && budget.is_none()) {
-            // Every document (the date changed: every recency did).
+        if full || self.last_flush.is_none() {
+            // Every document.
             for idx in std::mem::take(&mut self.rescores) {
                 self.customers[idx as usize].clear_rescore();
             }
@@ -613,7 +613,8 @@ impl RfmState {
             own.sort_unstable();
             let mut movers = Vec::new();
             if new_day {
-                // Every recency changed: a restatement sweeps every customer in turn.
+                // Every recency changed: a restatement sweeps every customer in turn (all of
+                // them in this flush when there is no budget).
                 self.restating_from = Some(0);
             } else if let (Some(ranks), Some(old), Some(new)) =
                 (&self.ranks, self.last_flush.and_then(|m| m.bounds), bounds)
