@@ -67,6 +67,12 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// How long start-up waits for the broker before giving up.
     pub connect_timeout_ms: u64,
+    /// Once the consumer has read to the end of its partitions, fetching stops for this
+    /// long before the next fetch (0: never). For brokers that answer an empty fetch at
+    /// once instead of holding it for `fetch.wait.max.ms` (noida-db, the local stack):
+    /// librdkafka then fetches again at once, back to back. See [`crate::pipeline`]'s
+    /// decode stage.
+    pub fetch_pause_ms: u64,
     /// Any librdkafka property, passed through to every client (SASL, TLS, tuning ...).
     /// Numbers and booleans are taken as librdkafka spells them (`1048576`, `true`).
     #[serde(deserialize_with = "scalars_as_strings")]
@@ -111,6 +117,7 @@ impl Default for KafkaConfig {
             partitions: 8,
             replication_factor: 1,
             connect_timeout_ms: 10_000,
+            fetch_pause_ms: 0,
             librdkafka_options: BTreeMap::new(),
         }
     }

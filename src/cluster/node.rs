@@ -205,7 +205,8 @@ impl Node {
     /// its leases back.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.exchange.prepare().await?;
-        let mut decoded = DecodeStage::spawn(self.source.clone(), vec![InputKind::Transactions]);
+        // Partitions move between instances here: no paced fetching (it seeks to offsets it tracks).
+        let mut decoded = DecodeStage::spawn(self.source.clone(), vec![InputKind::Transactions], None);
         let mut lease_tick = tokio::time::interval(self.settings.lease_ttl / 4);
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut queries = self.queries.take().unwrap_or_else(|| query::channel().1);

@@ -58,6 +58,9 @@ pub struct Source {
     pub topics: Vec<String>,
     pub partitions: Vec<TopicPartition>,
     timeout: Duration,
+    /// `kafka.fetch_pause_ms`, when set: the consumer reports the end of each partition
+    /// (`enable.partition.eof`), which the decode stage paces its fetches by.
+    pub fetch_pause: Option<Duration>,
 }
 
 impl Source {
@@ -70,7 +73,7 @@ impl Source {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", if kafka.fetch_pause_ms > 0 { "true" } else { "false" });
         if !kafka.librdkafka_options.contains_key("statistics.interval.ms") {
             // Partition high watermarks for the lag gauges.
             config.set("statistics.interval.ms", "1000");
@@ -95,7 +98,8 @@ impl Source {
             partitions.extend(found);
         }
         context.mark_started();
-        Ok(Source { consumer, topics, partitions, timeout })
+        let fetch_pause = (kafka.fetch_pause_ms > 0).then(|| Duration::from_millis(kafka.fetch_pause_ms));
+        Ok(Source { consumer, topics, partitions, timeout, fetch_pause })
     }
 
     /// The index of a topic name.

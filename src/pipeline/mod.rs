@@ -413,7 +413,8 @@ impl Pipeline {
     pub async fn run(self, sink: MongoSink, until: Until, final_full: bool, shutdown: CancellationToken) -> Summary {
         let Pipeline { source, mut worker, queries, control } = self;
         let source = Arc::new(source);
-        let mut decoded = DecodeStage::spawn(source.clone(), worker.inputs.iter().map(|i| i.kind).collect());
+        let kinds = worker.inputs.iter().map(|i| i.kind).collect();
+        let mut decoded = DecodeStage::spawn(source.clone(), kinds, Some(worker.positions.clone()));
         let mut queries = queries.unwrap_or_else(|| query::channel().1);
         let mut control = control.unwrap_or_else(|| crate::reconcile::channel().1);
         worker.lanes.start(sink, (worker.metrics.clone(), worker.health.clone()), worker.cadence.backoff);
