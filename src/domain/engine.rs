@@ -683,7 +683,7 @@ mod tests {
                 self.facts.remove(&sale_id);
             }
             for f in c.facts {
-                assert!(self.facts.insert(f.sale_id.clone(), f).is_none(), "a fact emitted twice");
+                assert!(self.facts.insert(f.sale_id(), f).is_none(), "a fact emitted twice");
             }
             for p in c.dims.products {
                 self.dim_products.insert(p.product_key, p);
@@ -1058,7 +1058,7 @@ mod tests {
             .map(|f| {
                 let line = FactLine {
                     kind: f.kind,
-                    sale_id: f.sale_id.clone(),
+                    sale_id: f.sale_id(),
                     transaction_id: f.transaction_id.clone(),
                     customer_id: views.dim_customers[&f.customer_key].customer_id.clone(),
                     product_id: views.dim_products[&f.product_key].product_id.clone(),

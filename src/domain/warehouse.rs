@@ -151,8 +151,9 @@ pub fn location_natural_key(l: &Location) -> LocationKey {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Fact {
     pub kind: EventKind,
-    /// `<transaction_id>:<line index>`.
-    pub sale_id: String,
+    /// The line's index in its event: the fact's `sale_id` is `<transaction_id>:<line>`
+    /// ([`Fact::sale_id`]), built when it is written rather than kept.
+    pub line: u32,
     pub transaction_id: String,
     pub timestamp: DateTime<Utc>,
     pub date_key: i32,
@@ -167,6 +168,26 @@ pub struct Fact {
     /// The line amount.
     pub total_cents: Cents,
     pub payment_method: Option<String>,
+}
+
+impl Fact {
+    /// `<transaction_id>:<line index>`: the fact's `_id` and `sale_id`.
+    pub fn sale_id(&self) -> String {
+        format!("{}:{}", self.transaction_id, self.line)
+    }
+
+    /// Whether this is the fact `sale_id` names (no allocation).
+    pub fn is_sale(&self, sale_id: &str) -> bool {
+        sale_id
+            .strip_prefix(self.transaction_id.as_str())
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|line| line.parse() == Ok(self.line))
+    }
+
+    /// The line index `sale_id` ends with, if it is `<transaction_id>:<line>`.
+    pub fn line_of(sale_id: &str, transaction_id: &str) -> Option<u32> {
+        sale_id.strip_prefix(transaction_id)?.strip_prefix(':')?.parse().ok()
+    }
 }
 
 /// New or changed dimension members since the last flush. Products and customers are named
@@ -285,7 +306,7 @@ impl Warehouse {
             }
             self.pending_facts.push(Fact {
                 kind: tx.kind,
-                sale_id: format!("{}:{i}", tx.transaction_id),
+                line: i as u32,
                 transaction_id: tx.transaction_id.clone(),
                 timestamp: tx.timestamp,
                 date_key: date_key(date),
@@ -312,6 +333,11 @@ impl Warehouse {
         location_key: i32,
         replaces: Option<EventKind>,
     ) {
+        // A repair puts the database's lines, whose sale_id is always `<transaction_id>:<line>`.
+        let Some(fact_line) = Fact::line_of(&line.sale_id, &line.transaction_id) else {
+            debug_assert!(false, "sale_id {} is not {}:<line>", line.sale_id, line.transaction_id);
+            return;
+        };
         if let Some(kind) = replaces {
             self.remove_fact(kind, &line.sale_id);
         }
@@ -330,7 +356,7 @@ impl Warehouse {
         }
         self.pending_facts.push(Fact {
             kind: line.kind,
-            sale_id: line.sale_id.clone(),
+            line: fact_line,
             transaction_id: line.transaction_id.clone(),
             timestamp,
             date_key: date_key(date),
@@ -348,7 +374,7 @@ impl Warehouse {
 
     /// A repair removes the fact `sale_id` from the table of `kind`.
     pub fn remove_fact(&mut self, kind: EventKind, sale_id: &str) {
-        self.pending_facts.retain(|f| !(f.kind == kind && f.sale_id == sale_id));
+        self.pending_facts.retain(|f| !(f.kind == kind && f.is_sale(sale_id)));
         self.pending_removals.push((kind, sale_id.to_owned()));
     }
 
@@ -417,6 +443,31 @@ impl Warehouse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fact_names_its_sale_by_transaction_and_line() {
+        let f = Fact {
+            kind: EventKind::Purchase,
+            line: 2,
+            transaction_id: "tx:9".into(),
+            timestamp: DateTime::default(),
+            date_key: 0,
+            time_key: 0,
+            product_key: 1,
+            customer_key: 1,
+            location_key: 0,
+            quantity: 1,
+            unit_price_cents: 100,
+            discount_cents: 0,
+            total_cents: 100,
+            payment_method: None,
+        };
+        assert_eq!(f.sale_id(), "tx:9:2");
+        assert!(f.is_sale("tx:9:2"));
+        assert!(!f.is_sale("tx:9:20") && !f.is_sale("tx:9") && !f.is_sale("tx:2") && !f.is_sale("tx:9:02x"));
+        assert_eq!(Fact::line_of("tx:9:2", "tx:9"), Some(2));
+        assert_eq!(Fact::line_of("tx:9:2", "tx"), None, "the id is the whole transaction id");
+    }
 
     #[test]
     fn keys_are_stable_and_continue_after_preloaded_ones() {

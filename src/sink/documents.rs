@@ -220,10 +220,10 @@ pub fn trend(d: &TrendDoc, written_at: DateTime<Utc>) -> Raw {
 }
 
 pub fn fact(f: &Fact) -> Raw {
-    let id = RawBson::String(f.sale_id.clone());
+    let sale_id = f.sale_id();
     let body = rawdoc! {
-        "_id": id.clone(),
-        "sale_id": f.sale_id.as_str(),
+        "_id": sale_id.as_str(),
+        "sale_id": sale_id.as_str(),
         "transaction_id": f.transaction_id.as_str(),
         "timestamp": date(f.timestamp),
         "date_key": f.date_key,
@@ -237,7 +237,7 @@ pub fn fact(f: &Fact) -> Raw {
         "total_amount": to_units(f.total_cents),
         "payment_method": opt_string(f.payment_method.as_deref()),
     };
-    (id, body)
+    (RawBson::String(sale_id), body)
 }
 
 pub fn dim_product(p: &DimProduct) -> Raw {

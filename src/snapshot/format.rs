@@ -18,7 +18,8 @@
 //! version 6 keeps a customer's old rank keys only while it is dirty (a flag per customer
 //! instead of its keys); version 7 holds ids interned (the customers' ids and every key
 //! registry's natural keys as one sequence of strings, the records by handle); version 8
-//! holds the RFM rescores deferred by a flush budget (the queue and the date's restatement).
+//! holds the RFM rescores deferred by a flush budget (the queue and the date's restatement);
+//! version 9 keeps a pending fact's line index instead of its sale_id string.
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -26,7 +27,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::domain::{Engine, ViewConfig};
 
 pub const MAGIC: &[u8; 8] = b"MARTSNAP";
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 const HEADER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -180,8 +181,8 @@ mod tests {
         flipped[last] ^= 0x40;
         assert_eq!(decode(&flipped).unwrap_err(), SnapshotError::Checksum);
         let mut other = bytes.clone();
-        other[8] = 9;
-        assert_eq!(decode(&other).unwrap_err(), SnapshotError::Version { found: 9 });
+        other[8] = 8;
+        assert_eq!(decode(&other).unwrap_err(), SnapshotError::Version { found: 8 }, "the version before");
         let mut magic = bytes;
         magic[0] = b'X';
         assert_eq!(decode(&magic).unwrap_err(), SnapshotError::BadMagic);
