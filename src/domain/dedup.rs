@@ -8,7 +8,8 @@
 //! events, and their resends, share one). Measuring the horizon per lane makes the verdict
 //! independent of how partitions interleave: a partition that races ahead never evicts the
 //! ids of one that lags. Entries behind their lane's horizon are swept when the newest event
-//! date of any lane moves on, so memory follows the horizon, not the length of history.
+//! date of any lane has moved on a few days ([`SWEEP_EVERY_DAYS`]), so memory follows the
+//! horizon, not the length of history.
 //! Each entry is 32 bytes: a 128-bit hash of the id (collisions are ~1e-20 likely at 100M
 //! ids), the fingerprint of the JSON, the event date, the lane and the kind.
 
@@ -48,6 +49,12 @@ pub struct DedupIndex {
     swept_at: i32,
 }
 
+/// A sweep scans every entry, so it runs when the newest event date has moved on this many
+/// days since the last one: an id is then remembered for up to this many days beyond the
+/// horizon (SPEC §1 asks for *at least* the horizon). Daily sweeps were ~5% of `apply` on a
+/// stream of 90 days in 200k events; the entries held grow by at most 3/35.
+const SWEEP_EVERY_DAYS: i32 = 3;
+
 fn key(transaction_id: &str) -> u128 {
     xxh3_128(transaction_id.as_bytes())
 }
@@ -71,8 +78,8 @@ impl DedupIndex {
     }
 
     /// Classifies an arrival and, when it is new, records it (one hash, one lookup); then
-    /// forgets what fell behind its lane's horizon (a sweep at most once per day of event
-    /// time).
+    /// forgets what fell behind its lane's horizon (a sweep at most once per
+    /// [`SWEEP_EVERY_DAYS`] of event time).
     pub fn admit(&mut self, id: &str, seen: Seen) -> Arrival {
         use std::collections::hash_map::Entry;
         match self.seen.entry(key(id)) {
@@ -84,7 +91,7 @@ impl DedupIndex {
         }
         let newest = self.lane_newest.entry(seen.lane).or_insert(seen.day);
         *newest = (*newest).max(seen.day);
-        if *newest > self.swept_at {
+        if *newest > self.swept_at.saturating_add(SWEEP_EVERY_DAYS - 1) {
             self.swept_at = *newest;
             let (lanes, horizon) = (&self.lane_newest, self.horizon_days);
             self.seen.retain(|_, s| s.day >= lanes[&s.lane] - horizon);
@@ -125,5 +132,16 @@ mod tests {
         assert_eq!(d.admit("edge", seen(1, 105)), Arrival::Duplicate, "exactly 35 days back is kept");
         assert_eq!(d.get("old"), None);
         assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn sweeps_every_few_days_so_an_id_may_outlive_the_horizon_briefly() {
+        let mut d = DedupIndex::new(35);
+        d.admit("edge", seen(1, 105));
+        d.admit("a", seen(1, 140));
+        d.admit("b", seen(1, 142));
+        assert!(d.get("edge").is_some(), "behind the horizon (day 107) but no sweep since day 140");
+        d.admit("c", seen(1, 143));
+        assert_eq!(d.get("edge"), None, "swept {SWEEP_EVERY_DAYS} days after the last sweep");
     }
 }
