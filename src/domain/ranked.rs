@@ -120,6 +120,30 @@ impl<K: Ord + Copy> RankedSet<K> {
         true
     }
 
+    /// `remove(old)` then `insert(new)`; when both belong to the same block, only the keys
+    /// between them move (one rotation instead of two shifts of the block's tail).
+    pub fn replace(&mut self, old: &K, new: K) {
+        if !self.blocks.is_empty() {
+            let b = self.block_of(old);
+            if b == self.block_of(&new) {
+                let block = &mut self.blocks[b];
+                if let (Ok(from), Err(to)) = (block.binary_search(old), block.binary_search(&new)) {
+                    if to > from {
+                        block[from..to].rotate_left(1);
+                        block[to - 1] = new;
+                    } else {
+                        block[to..=from].rotate_right(1);
+                        block[to] = new;
+                    }
+                    self.maxes[b] = *block.last().expect("non-empty block");
+                    return;
+                }
+            }
+        }
+        self.remove(old);
+        self.insert(new);
+    }
+
     /// How many keys are strictly smaller than `key`.
     pub fn rank(&self, key: &K) -> usize {
         let b = self.maxes.partition_point(|m| m < key);
@@ -207,10 +231,16 @@ mod tests {
     enum Op {
         Insert(i32),
         Remove(i32),
+        Replace(i32, i32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![(0..3000i32).prop_map(Op::Insert), (0..3000i32).prop_map(Op::Remove)]
+        prop_oneof![
+            (0..3000i32).prop_map(Op::Insert),
+            (0..3000i32).prop_map(Op::Remove),
+            (0..3000i32, -60..60i32).prop_map(|(k, d)| Op::Replace(k, k + d)),
+            (0..3000i32, 0..3000i32).prop_map(|(a, b)| Op::Replace(a, b)),
+        ]
     }
 
     proptest! {
@@ -223,6 +253,11 @@ mod tests {
                 match op {
                     Op::Insert(k) => prop_assert_eq!(set.insert(k), model.insert(k)),
                     Op::Remove(k) => prop_assert_eq!(set.remove(&k), model.remove(&k)),
+                    Op::Replace(old, new) => {
+                        set.replace(&old, new);
+                        model.remove(&old);
+                        model.insert(new);
+                    }
                 }
             }
             prop_assert_eq!(set.len(), model.len());

@@ -712,15 +712,23 @@ impl RfmState {
             if old == now {
                 continue;
             }
-            if let Some(old) = old {
-                ranks.frequency.remove(&RankKey::new(old.frequency, idx));
-                ranks.monetary.remove(&RankKey::new(old.monetary, idx));
-                ranks.last_day.remove(&RankKey::new(old.last_day, idx));
-            }
-            if let Some(now) = now {
-                ranks.frequency.insert(RankKey::new(now.frequency, idx));
-                ranks.monetary.insert(RankKey::new(now.monetary, idx));
-                ranks.last_day.insert(RankKey::new(now.last_day, idx));
+            match (old, now) {
+                (Some(old), Some(now)) => {
+                    ranks.frequency.replace(&RankKey::new(old.frequency, idx), RankKey::new(now.frequency, idx));
+                    ranks.monetary.replace(&RankKey::new(old.monetary, idx), RankKey::new(now.monetary, idx));
+                    ranks.last_day.replace(&RankKey::new(old.last_day, idx), RankKey::new(now.last_day, idx));
+                }
+                (Some(old), None) => {
+                    ranks.frequency.remove(&RankKey::new(old.frequency, idx));
+                    ranks.monetary.remove(&RankKey::new(old.monetary, idx));
+                    ranks.last_day.remove(&RankKey::new(old.last_day, idx));
+                }
+                (None, Some(now)) => {
+                    ranks.frequency.insert(RankKey::new(now.frequency, idx));
+                    ranks.monetary.insert(RankKey::new(now.monetary, idx));
+                    ranks.last_day.insert(RankKey::new(now.last_day, idx));
+                }
+                (None, None) => {}
             }
             if let Some(deltas) = deltas.as_deref_mut() {
                 for (keys, delta) in [(old, -1), (now, 1)] {
