@@ -454,7 +454,7 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   scores from each document's own fields) was built, tested exact, and measured worse:
   7.42 s (one update runs single-threaded in mongod and scans the collection; documents
   go four batches at a time), so it was reverted.
-- **Rescores under a budget** (this run). Those rescores are not the customer's own
+- **Rescores under a budget.** Those rescores are not the customer's own
   change, so they no longer ride in the flush that moved them: each view flush writes
   its own changes, then at most `service.rescores_per_flush` (2,000) of the waiting ones,
   oldest first, and only one while facts pile up in the state (an eighth of
@@ -464,13 +464,28 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   moved them): views p99 at 1,000 events/s 1.99 → 0.70 s, at 2,000 events/s 3.04 →
   1.64 s; the knee 500 → 1,000 events/s. Yielding matters at 2,000 events/s: the full
   run yielding only at half of `max_pending_facts` (run-1796620421) gave 3.51 s with 27.8k
-  facts waiting, this one (yielding at an eighth) 1.64 s with 12.7k. What is left is
-  MongoDB's capacity on this machine: about 6 documents per event at 2,000 events/s is
-  ~12k documents/s, what mongod writes here beside the broker and the service; once
-  dim_customer rows fall due (30 s into the run, `dimension_interval_ms`) the bulk lane
-  falls behind and view flushes slow with it (flush log: 0.07–0.15 s each before, 0.5–1 s
-  after). Writes per event by collection are in the list above; fact_sales alone is
-  1.7 per event.
+  facts waiting, yielding at an eighth 1.64 s with 12.7k (run-1796622639). Then, once
+  dim_customer rows fell due (30 s into the run, `dimension_interval_ms`), the bulk lane
+  fell behind and view flushes slowed with it (flush log: 0.07–0.15 s each before,
+  0.5–1 s after): mongod had about one core, the fetch loop below took the other.
+- **Paced fetching** (this run, `kafka.fetch_pause_ms` = 20 in the local stack's config).
+  noida-db answers an empty fetch at once instead of holding it for `fetch.wait.max.ms`
+  as Apache Kafka does, so librdkafka fetched back to back whenever the service had read
+  to the end of its partitions, and between messages under load too. Beside the local
+  stack, 10 s idle: the service 0.49 core, the broker 0.60; at 2,000 events/s the service
+  0.60 core (a probe consumer alone: 0.51 core, and 0.35 in the broker answering it). Most
+  of the service's CPU in every earlier curve was that loop, not BSON or the driver, and it
+  took most of a core from mongod. librdkafka has no setting that backs off after an empty
+  fetch, so the decode stage pauses its partitions for 20 ms once it has read everything
+  and the consumer reported the end of a partition, then resumes them and seeks each to its
+  next offset (a resume alone waits up to a second for librdkafka's next wake-up; the seek
+  wakes it). Idle: the service 0.03 core, the broker 0.17. In the curve above the
+  service's CPU is 0.09–0.13 core up to 2,000 events/s (0.53–0.57 before), views p99 at
+  2,000 events/s 1.64 → 0.72 s and facts waiting at most 3.6k (12.7k before). At 4,000
+  events/s the bulk lane still fills `max_pending_facts` (40k) and consumption pauses:
+  ~4.6 documents per event there is past what mongod writes on this machine. Cluster mode
+  does not pace (its partitions move between instances; the seek needs offsets the stage
+  tracks).
 - **Steady load, not a warm-up.** Live events are dated now (before, they were spread
   over the 90 days before now, so two thirds fell before the 30-day product window), over
   the restored history: the load every rate sees from its first second.
@@ -496,7 +511,7 @@ and the per-day query (the least any comparison pays), best of two warm runs.
 - **Replay** loads into an empty database first and builds the secondary indexes after,
   as mongorestore does: 1M events in 68–71 s in the last two runs (311 s in the
   previous published run), 15 s of it the index build.
-- **Engine** (issue 15, this run): decoding is one pass without a DOM (serde_json drives
+- **Engine** (issue 15): decoding is one pass without a DOM (serde_json drives
   visitors that keep the SPEC's members borrowed and hash the rest into the fingerprint),
   and the binary and these benchmarks run on jemalloc. Before, glibc's malloc/free
   (consolidation, unlinking) and fresh-page faults were over a quarter of `apply`'s
@@ -505,18 +520,25 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   indexes up to date at the flush ~11% (`sync_ranks`) plus most of the 10% in memmove;
   the star schema ~10% (facts, a `format!` per fact id, dim_customer restates); dedup
   ~8% (its sweeps' `retain` 5%, `admit` 2%); the interned ids ~5%; the allocator ~6%;
-  RFM documents ~2%. Smaller rank blocks (128 keys instead of 512) measured slower
+  RFM documents ~2%. This run removed three of those: a fact keeps its line index and
+  its `sale_id` string is built when it is written (no `format!` per line in `apply`);
+  dedup sweeps every 3 days of event time instead of every day (SPEC asks to remember
+  ids at least the horizon); a rank key that stays in its block moves by one rotation.
+  A/B against the build before, alternating, `engine/apply`: 386k → 420–440k, → 436–452k,
+  → 445–451k events/s; this run 466,596 (370,361 in the run before). Smaller rank blocks (128 keys instead of 512) measured slower
   (266–282k vs 295–307k events/s, alternating runs), so the block size stays.
   Decoding's remaining cost is serde_json's string scanning and UTF-8 checks and the
   event's owned strings (about 20 allocations an event). On the live path the engine is
-  not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core,
-  and the service's ~0.55 core goes to building BSON, the driver and rdkafka.
+  not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core;
+  the service's ~0.55 core before paced fetching was mostly librdkafka's fetch loop
+  (above), and is ~0.13 core with it.
 - **Scale-out on this machine** (§7). Cluster mode with one instance takes 1.2–1.6× the
   classic instance's time over the same events (over runs); mongod does more work (the
   exchange's chunks, the reads of them, and the view writes of partitions that finished
   their backlog while others had not). Two instances on the same 2 cores are no faster
   than one and vary most from run to run: 27.3 s against one instance's 27.2 s in an
-  earlier run (run-1796603721), 38.2 s against 22.6 s in this one, and 40–47 s in an A/B
+  earlier run (run-1796603721), 38.2 s against 22.6 s in run-1796620421, 34.1 s against
+  22.7 s in this one, and 40–47 s in an A/B
   of this build against the one before the interned layout (ed337b1), alternating on one
   topic: 39.6 and 46.6 s against 42.9 and 41.7 s, so the layout is not the cause. The
   per-customer memory divides (RSS per instance ~290 → ~190 MB), but the service, mongod
@@ -527,8 +549,9 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   samples in librdkafka's broker thread parsing fetch replies back to back. Against
   noida-db a consumer that has read to the end of its partitions spins at ~0.45 core
   (measured idle for 10 s: classic 4.6 s of CPU, cluster 4.3 s; statistics off or
-  `fetch.queue.backoff.ms` change nothing; a bare consumer started at the end uses none),
-  and each instance pays it. The scaling to expect with a machine (or core) per instance
+  `fetch.queue.backoff.ms` change nothing; a consumer at the end of an empty topic uses
+  none, at the end of one holding messages 0.5 core), and each instance pays it: paced
+  fetching is classic mode's only. The scaling to expect with a machine (or core) per instance
   is worked out in docs/DEPLOYMENT.md, "Sizing".
 - **Memory**: jemalloc holds less than glibc did (mimalloc, tried, held 1.8× jemalloc's).
   Resident memory is read after jemalloc returned its free pages (a purge; the service's
