@@ -116,6 +116,11 @@ async fn the_service_follows_the_topic_reports_health_and_stops_on_sigterm() {
     .unwrap()
     .unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}\n{}", service_log());
+    // Paced fetching (the local stack's config) has librdkafka report every partition's
+    // end: a signal to the service, never a warning in its log.
+    let full_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let eof_lines = full_log.lines().filter(|l| l.contains("end of partition")).count();
+    assert_eq!(eof_lines, 0, "end-of-partition events logged:\n{}", service_log());
 }
 
 /// Every line of a Prometheus text exposition is a comment (# HELP / # TYPE) or

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::Statistics;
 
 const REPEAT_WINDOW: Duration = Duration::from_secs(30);
@@ -59,6 +59,11 @@ impl ClientContext for LogContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition (`enable.partition.eof`, paced fetching) is not a problem:
+        // rust-rdkafka reports it here as well as to the consumer, once per partition and fetch.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         self.report(true, format!("{error}: {reason}"));
     }
 
