@@ -712,24 +712,9 @@ impl RfmState {
             if old == now {
                 continue;
             }
-            match (old, now) {
-                (Some(old), Some(now)) => {
-                    ranks.frequency.replace(&RankKey::new(old.frequency, idx), RankKey::new(now.frequency, idx));
-                    ranks.monetary.replace(&RankKey::new(old.monetary, idx), RankKey::new(now.monetary, idx));
-                    ranks.last_day.replace(&RankKey::new(old.last_day, idx), RankKey::new(now.last_day, idx));
-                }
-                (Some(old), None) => {
-                    ranks.frequency.remove(&RankKey::new(old.frequency, idx));
-                    ranks.monetary.remove(&RankKey::new(old.monetary, idx));
-                    ranks.last_day.remove(&RankKey::new(old.last_day, idx));
-                }
-                (None, Some(now)) => {
-                    ranks.frequency.insert(RankKey::new(now.frequency, idx));
-                    ranks.monetary.insert(RankKey::new(now.monetary, idx));
-                    ranks.last_day.insert(RankKey::new(now.last_day, idx));
-                }
-                (None, None) => {}
-            }
+            move_key(&mut ranks.frequency, old.map(|k| k.frequency), now.map(|k| k.frequency), idx);
+            move_key(&mut ranks.monetary, old.map(|k| k.monetary), now.map(|k| k.monetary), idx);
+            move_key(&mut ranks.last_day, old.map(|k| k.last_day), now.map(|k| k.last_day), idx);
             if let Some(deltas) = deltas.as_deref_mut() {
                 for (keys, delta) in [(old, -1), (now, 1)] {
                     if let Some(k) = keys {
@@ -742,6 +727,21 @@ impl RfmState {
                 }
             }
         }
+    }
+}
+
+/// Moves customer `idx`'s key in one rank index from its old value to its new one (either
+/// may be absent: not ranked before, or not any more).
+fn move_key<K: RankKey>(set: &mut RankedSet<K>, old: Option<i64>, now: Option<i64>, idx: u32) {
+    match (old, now) {
+        (Some(old), Some(now)) => set.replace(&K::new(old, idx), K::new(now, idx)),
+        (Some(old), None) => {
+            set.remove(&K::new(old, idx));
+        }
+        (None, Some(now)) => {
+            set.insert(K::new(now, idx));
+        }
+        (None, None) => {}
     }
 }
 
