@@ -67,13 +67,14 @@ impl Source {
     /// Connects and reads the topics' partitions; an unreachable broker or a missing topic
     /// is an error here, at start.
     pub fn connect(kafka: &KafkaConfig, topics: Vec<String>) -> Result<Source, KafkaError> {
+        let fetch_pause = (kafka.fetch_pause_ms > 0).then(|| Duration::from_millis(kafka.fetch_pause_ms));
         let mut config = client_config(kafka);
         config
             .set("group.id", &kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", if kafka.fetch_pause_ms > 0 { "true" } else { "false" });
+            .set("enable.partition.eof", if fetch_pause.is_some() { "true" } else { "false" });
         if !kafka.librdkafka_options.contains_key("statistics.interval.ms") {
             // Partition high watermarks for the lag gauges.
             config.set("statistics.interval.ms", "1000");
@@ -98,7 +99,6 @@ impl Source {
             partitions.extend(found);
         }
         context.mark_started();
-        let fetch_pause = (kafka.fetch_pause_ms > 0).then(|| Duration::from_millis(kafka.fetch_pause_ms));
         Ok(Source { consumer, topics, partitions, timeout, fetch_pause })
     }
 
