@@ -29,6 +29,14 @@ pub fn cents_from_number(x: f64) -> Result<Cents, MoneyError> {
     if !x.is_finite() || x > MAX_AMOUNT {
         return Err(MoneyError::TooLarge);
     }
+    // The common case, a literal of at most two decimals (`12.99`): the double nearest to
+    // `c / 100` for an integer `c`. Then `c / 100` is also its shortest digits: below
+    // MAX_AMOUNT doubles are closer together than a cent, so no other decimal of as few
+    // digits maps to the same double.
+    let c = (x * 100.0).round();
+    if c / 100.0 == x {
+        return Ok(c as Cents);
+    }
     // zmij prints the same shortest digits as `Display`, without allocating, but in
     // exponent form for very small numbers (`1e-7`): those go the long way.
     let mut buffer = zmij::Buffer::new();

@@ -98,18 +98,22 @@ pub(crate) fn hash_array(elements: &[u64]) -> u64 {
 
 /// xxh3 of little-endian words, laid out on the stack when they fit.
 fn hash_words(words: impl Iterator<Item = u64> + Clone, seed: u64) -> u64 {
-    const ON_STACK: usize = 64;
-    let mut buf = [0u8; ON_STACK * 8];
+    // A buffer no larger than needed: zeroing it is most of the cost for small objects.
+    match words.clone().count() {
+        0..=16 => hash_on_stack::<16>(words, seed),
+        17..=64 => hash_on_stack::<64>(words, seed),
+        _ => xxh3_64_with_seed(&words.flat_map(u64::to_le_bytes).collect::<Vec<u8>>(), seed),
+    }
+}
+
+fn hash_on_stack<const N: usize>(words: impl Iterator<Item = u64>, seed: u64) -> u64 {
+    let mut buf = [[0u8; 8]; N];
     let mut n = 0;
-    for w in words.clone() {
-        if n == ON_STACK {
-            let bytes: Vec<u8> = words.flat_map(u64::to_le_bytes).collect();
-            return xxh3_64_with_seed(&bytes, seed);
-        }
-        buf[n * 8..n * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    for (slot, w) in buf.iter_mut().zip(words) {
+        *slot = w.to_le_bytes();
         n += 1;
     }
-    xxh3_64_with_seed(&buf[..n * 8], seed)
+    xxh3_64_with_seed(buf[..n].as_flattened(), seed)
 }
 
 /// The members of one object, as read: the key's hash, the value's fingerprint, and
@@ -119,6 +123,11 @@ pub(crate) type Members = SmallVec<[(u64, u64, bool); 16]>;
 /// A member's key, hashed.
 pub(crate) fn hash_key(key: &str) -> u64 {
     xxh3_64_with_seed(key.as_bytes(), SEED_KEY)
+}
+
+/// [`hash_key`] at compile time, for the keys the shapes know by name.
+const fn const_hash_key(key: &str) -> u64 {
+    xxhash_rust::const_xxh3::xxh3_64_with_seed(key.as_bytes(), SEED_KEY)
 }
 
 /// An object's fingerprint from its members' (in any order, repeats and nulls included).
@@ -220,7 +229,7 @@ impl<'de, S: Shape<'de>> Visitor<'de> for Walk<S> {
 /// Any value: scalars kept, arrays and objects only hashed.
 impl<'de> Shape<'de> for Val<'de> {
     fn object<A: MapAccess<'de>>(map: A) -> Result<(Self, u64), A::Error> {
-        let h = read_object(map, |_, map| read_into(&mut Val::Null, map))?;
+        let h = read_object(map, hash_member)?;
         Ok((Val::Object, h))
     }
 
@@ -241,11 +250,12 @@ fn any_array<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<u64, A::Error> {
     Ok(hash_array(&hashes))
 }
 
-/// A member's key: the shape keeps its member by name and the fingerprint takes its hash.
+/// A member's key: the shape keeps its member by name and the fingerprint takes its hash
+/// (precomputed for the names a shape knows).
 struct Key;
 
 impl<'de> DeserializeSeed<'de> for Key {
-    type Value = (Cow<'de, str>, u64);
+    type Value = Cow<'de, str>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
@@ -253,33 +263,45 @@ impl<'de> DeserializeSeed<'de> for Key {
 }
 
 impl<'de> Visitor<'de> for Key {
-    type Value = (Cow<'de, str>, u64);
+    type Value = Cow<'de, str>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a key")
     }
 
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-        Ok((Cow::Borrowed(s), hash_key(s)))
+        Ok(Cow::Borrowed(s))
     }
 
     fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-        Ok((Cow::Owned(s.to_owned()), hash_key(s)))
+        Ok(Cow::Owned(s.to_owned()))
     }
 }
 
+/// A member as read: its key's hash, its value's fingerprint, whether the value was `null`.
+pub(crate) struct Member {
+    key_hash: u64,
+    hash: u64,
+    null: bool,
+}
+
 /// Reads an object's members; `member` reads one value (it decides what is kept) and
-/// returns its fingerprint and whether it was `null`. Returns the object's fingerprint.
+/// returns it as a [`Member`]. Returns the object's fingerprint.
 fn read_object<'de, A: MapAccess<'de>>(
     mut map: A,
-    mut member: impl FnMut(&str, &mut A) -> Result<(u64, bool), A::Error>,
+    mut member: impl FnMut(&str, &mut A) -> Result<Member, A::Error>,
 ) -> Result<u64, A::Error> {
     let mut members = Members::new();
-    while let Some((key, key_hash)) = map.next_key_seed(Key)? {
-        let (h, null) = member(&key, &mut map)?;
-        members.push((key_hash, h, null));
+    while let Some(key) = map.next_key_seed(Key)? {
+        let m = member(&key, &mut map)?;
+        members.push((m.key_hash, m.hash, m.null));
     }
     Ok(hash_object(&mut members))
+}
+
+/// Reads a member the shape does not keep: hashed only.
+fn hash_member<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Member, A::Error> {
+    read_into(&mut Val::Null, hash_key(key), map)
 }
 
 /// An object with the members a shape keeps, or why it is not one.
@@ -295,8 +317,8 @@ pub(crate) enum Obj<T> {
 
 /// The members of one object that the checks read, by name.
 pub(crate) trait Fields<'de>: Default {
-    /// Reads the member `key` if this shape keeps it; false leaves it to be hashed only.
-    fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<Option<(u64, bool)>, A::Error>;
+    /// Reads the member `key` if this shape keeps it; `None` leaves it to be hashed only.
+    fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<Option<Member>, A::Error>;
 }
 
 impl<'de, T: Fields<'de>> Shape<'de> for Obj<T> {
@@ -304,7 +326,7 @@ impl<'de, T: Fields<'de>> Shape<'de> for Obj<T> {
         let mut fields = T::default();
         let h = read_object(map, |key, map| match fields.read(key, map)? {
             Some(read) => Ok(read),
-            None => read_into(&mut Val::Null, map),
+            None => hash_member(key, map),
         })?;
         Ok((Obj::Is(fields), h))
     }
@@ -321,13 +343,13 @@ impl<'de, T: Fields<'de>> Shape<'de> for Obj<T> {
     }
 }
 
-/// Reads a member's value into `slot` (the last of repeated keys wins): its fingerprint, and
-/// whether it was `null`.
-fn read_into<'de, A: MapAccess<'de>, S: Shape<'de>>(slot: &mut S, map: &mut A) -> Result<(u64, bool), A::Error> {
-    let (v, h) = map.next_value_seed(Walk::<S>::new())?;
+/// Reads the value of the member whose key hashes to `key_hash` into `slot` (the last of
+/// repeated keys wins).
+fn read_into<'de, A: MapAccess<'de>, S: Shape<'de>>(slot: &mut S, key_hash: u64, map: &mut A) -> Result<Member, A::Error> {
+    let (v, hash) = map.next_value_seed(Walk::<S>::new())?;
     let null = v.is_null();
     *slot = v;
-    Ok((h, null))
+    Ok(Member { key_hash, hash, null })
 }
 
 /// Declares a struct of `Val` members named as in the JSON, and how to read it.
@@ -341,10 +363,14 @@ macro_rules! fields {
         }
 
         impl<'de> Fields<'de> for $name<'de> {
-            fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<Option<(u64, bool)>, A::Error> {
+            fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<Option<Member>, A::Error> {
                 Ok(Some(match key {
-                    $(stringify!($field) => read_into(&mut self.$field, map)?,)*
-                    $(stringify!($extra) => read_into(&mut self.$extra, map)?,)*
+                    $(stringify!($field) => {
+                        read_into(&mut self.$field, const { const_hash_key(stringify!($field)) }, map)?
+                    })*
+                    $(stringify!($extra) => {
+                        read_into(&mut self.$extra, const { const_hash_key(stringify!($extra)) }, map)?
+                    })*
                     _ => return Ok(None),
                 }))
             }
@@ -427,8 +453,20 @@ impl<'de> Shape<'de> for Items {
 
 /// Parses a whole message into the shape `S`, with its fingerprint; trailing bytes after
 /// the value are an error, as for `serde_json::from_slice`.
+///
+/// The message's UTF-8 is checked once, up front (SIMD), so that the parser need not check
+/// each string again; a message that is not UTF-8 is parsed as bytes, for serde_json's own
+/// error and its position.
 pub(crate) fn read<'de, S: Shape<'de>>(payload: &'de [u8]) -> Result<(S, u64), serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(payload);
+    match simdutf8::basic::from_utf8(payload) {
+        Ok(text) => read_from(serde_json::Deserializer::from_str(text)),
+        Err(_) => read_from(serde_json::Deserializer::from_slice(payload)),
+    }
+}
+
+fn read_from<'de, S: Shape<'de>, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+) -> Result<(S, u64), serde_json::Error> {
     let read = Walk::<S>::new().deserialize(&mut de)?;
     de.end()?;
     Ok(read)
