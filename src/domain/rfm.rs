@@ -360,6 +360,21 @@ pub struct RfmState {
     /// boundary moved, the date changed); `None`: all at once.
     #[serde(skip)]
     pub(super) rescore_budget: Option<usize>,
+    /// How a flush moves rank keys; tests pin each way.
+    #[serde(skip)]
+    pub(super) rank_moves: RankMoves,
+}
+
+/// How [`RfmState`] moves the changed customers' rank keys at a flush.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum RankMoves {
+    /// In one merge per index when the changed customers are many (see [`BATCH_SHARE`]).
+    #[default]
+    Auto,
+    #[cfg_attr(not(test), allow(dead_code))]
+    OneByOne,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Batched,
 }
 
 /// What an RFM flush means for the customer's dim_customer row.
@@ -388,6 +403,7 @@ impl RfmState {
             rescores: Default::default(),
             restating_from: None,
             rescore_budget: None,
+            rank_moves: RankMoves::Auto,
         }
     }
 
@@ -546,7 +562,7 @@ impl RfmState {
     /// customer's dim_customer row (segment, lifetime value): a customer whose scores moved
     /// only because the boundaries did, within the same segment, keeps its row.
     pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, DimRow)> {
-        self.flush_ranked(as_of, full, None)
+        without_handles(self.flush_ranked(as_of, full, None))
     }
 
     /// A state holding some of the customers (an input partition's): the changes of its
@@ -582,10 +598,17 @@ impl RfmState {
     /// the counts of every customer, this state's published changes included. A state that
     /// flushes this way must flush this way every time.
     pub fn flush_with(&mut self, as_of: DateTime<Utc>, full: bool, all: &RfmCounts) -> Vec<(RfmDoc, DimRow)> {
-        self.flush_ranked(as_of, full, Some(all))
+        without_handles(self.flush_ranked(as_of, full, Some(all)))
     }
 
-    fn flush_ranked(&mut self, as_of: DateTime<Utc>, full: bool, all: Option<&RfmCounts>) -> Vec<(RfmDoc, DimRow)> {
+    /// [`RfmState::flush`] (or, with `all`, [`RfmState::flush_with`]), each document with its
+    /// customer's handle.
+    pub(super) fn flush_ranked(
+        &mut self,
+        as_of: DateTime<Utc>,
+        full: bool,
+        all: Option<&RfmCounts>,
+    ) -> Vec<(RfmDoc, DimRow, u32)> {
         let as_of_day = i64::from(epoch_day(as_of.date_naive()));
         let dirty = std::mem::take(&mut self.dirty);
         self.sync_ranks(&dirty, None);
@@ -640,7 +663,7 @@ impl RfmState {
 
     /// Writes deferred rescores, then the date's restatement, until `docs` holds `limit`
     /// documents. `own`: the customers this flush already wrote, sorted.
-    fn drain_rescores(&mut self, limit: usize, own: &[u32], at: &FlushAt, docs: &mut Vec<(RfmDoc, DimRow)>) {
+    fn drain_rescores(&mut self, limit: usize, own: &[u32], at: &FlushAt, docs: &mut Vec<(RfmDoc, DimRow, u32)>) {
         while docs.len() < limit {
             let Some(idx) = self.rescores.pop_front() else { break };
             self.customers[idx as usize].clear_rescore();
@@ -665,7 +688,7 @@ impl RfmState {
     /// Customer `idx`'s document if it is to be written: with `force`, or when it is dirty
     /// or its scores differ from those last emitted. A customer whose last purchase went
     /// (a repair) is noted in `removed` instead.
-    fn emit(&mut self, idx: u32, force: bool, at: &FlushAt) -> Option<(RfmDoc, DimRow)> {
+    fn emit(&mut self, idx: u32, force: bool, at: &FlushAt) -> Option<(RfmDoc, DimRow, u32)> {
         let (id, c) = (self.ids.resolve(idx), &mut self.customers[idx as usize]);
         let was_dirty = c.take_dirty();
         let emitted = c.emitted();
@@ -696,7 +719,7 @@ impl RfmState {
             DimRow::Unchanged
         };
         c.set_emitted(scores);
-        Some((document(&self.config, id, c, (recency, scores), at.as_of), dim))
+        Some((document(&self.config, id, c, (recency, scores), at.as_of), dim, idx))
     }
 
     /// Moves the dirty customers' keys in the rank indexes to their current values (and
@@ -705,6 +728,13 @@ impl RfmState {
         let Some(ranks) = self.ranks.as_mut() else {
             return;
         };
+        // Many changed customers (a catch-up, a replay): one merge per index instead.
+        let batched = match self.rank_moves {
+            RankMoves::Auto => dirty.len() * BATCH_SHARE >= ranks.frequency.len(),
+            RankMoves::OneByOne => false,
+            RankMoves::Batched => true,
+        };
+        let mut batch = batched.then(RankBatch::default);
         for &(idx, old) in dirty {
             let c = &mut self.customers[idx as usize];
             let now = (c.frequency > 0).then(|| c.keys());
@@ -712,9 +742,14 @@ impl RfmState {
             if old == now {
                 continue;
             }
-            move_key(&mut ranks.frequency, old.map(|k| k.frequency), now.map(|k| k.frequency), idx);
-            move_key(&mut ranks.monetary, old.map(|k| k.monetary), now.map(|k| k.monetary), idx);
-            move_key(&mut ranks.last_day, old.map(|k| k.last_day), now.map(|k| k.last_day), idx);
+            match batch.as_mut() {
+                Some(batch) => batch.add(old, now, idx),
+                None => {
+                    move_key(&mut ranks.frequency, old.map(|k| k.frequency), now.map(|k| k.frequency), idx);
+                    move_key(&mut ranks.monetary, old.map(|k| k.monetary), now.map(|k| k.monetary), idx);
+                    move_key(&mut ranks.last_day, old.map(|k| k.last_day), now.map(|k| k.last_day), idx);
+                }
+            }
             if let Some(deltas) = deltas.as_deref_mut() {
                 for (keys, delta) in [(old, -1), (now, 1)] {
                     if let Some(k) = keys {
@@ -727,7 +762,55 @@ impl RfmState {
                 }
             }
         }
+        if let Some(batch) = batch {
+            batch.apply(ranks);
+        }
     }
+}
+
+/// A flush whose changed customers are at least 1/`BATCH_SHARE` of those ranked moves their
+/// keys with [`RankedSet::apply_batch`]: a key moved alone costs about what merging 30 keys
+/// does.
+const BATCH_SHARE: usize = 16;
+
+/// The keys a flush moves, gathered for [`RankedSet::apply_batch`]: per index, those
+/// removed and those inserted.
+#[derive(Default)]
+struct RankBatch {
+    frequency: Moves<Packed<0>>,
+    monetary: Moves<(i64, u32)>,
+    last_day: Moves<Packed<{ 1 << 31 }>>,
+}
+
+/// Keys removed from one rank index, and keys inserted.
+type Moves<K> = (Vec<K>, Vec<K>);
+
+impl RankBatch {
+    fn add(&mut self, old: Option<RankKeys>, now: Option<RankKeys>, idx: u32) {
+        fn put<K: RankKey>(side: &mut Vec<K>, value: i64, idx: u32) {
+            side.push(K::new(value, idx));
+        }
+        if let Some(k) = old {
+            put(&mut self.frequency.0, k.frequency, idx);
+            put(&mut self.monetary.0, k.monetary, idx);
+            put(&mut self.last_day.0, k.last_day, idx);
+        }
+        if let Some(k) = now {
+            put(&mut self.frequency.1, k.frequency, idx);
+            put(&mut self.monetary.1, k.monetary, idx);
+            put(&mut self.last_day.1, k.last_day, idx);
+        }
+    }
+
+    fn apply(self, ranks: &mut RankIndexes) {
+        ranks.frequency.apply_batch(self.frequency.0, self.frequency.1);
+        ranks.monetary.apply_batch(self.monetary.0, self.monetary.1);
+        ranks.last_day.apply_batch(self.last_day.0, self.last_day.1);
+    }
+}
+
+fn without_handles(docs: Vec<(RfmDoc, DimRow, u32)>) -> Vec<(RfmDoc, DimRow)> {
+    docs.into_iter().map(|(doc, dim, _)| (doc, dim)).collect()
 }
 
 /// Moves customer `idx`'s key in one rank index from its old value to its new one (either

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -154,7 +155,8 @@ pub struct Fact {
     /// The line's index in its event: the fact's `sale_id` is `<transaction_id>:<line>`
     /// ([`Fact::sale_id`]), built when it is written rather than kept.
     pub line: u32,
-    pub transaction_id: String,
+    /// Shared by the facts of one event.
+    pub transaction_id: Arc<str>,
     pub timestamp: DateTime<Utc>,
     pub date_key: i32,
     pub time_key: i32,
@@ -167,7 +169,8 @@ pub struct Fact {
     pub discount_cents: Cents,
     /// The line amount.
     pub total_cents: Cents,
-    pub payment_method: Option<String>,
+    /// Shared by every fact with the same method ([`PaymentMethods`]).
+    pub payment_method: Option<Arc<str>>,
 }
 
 impl Fact {
@@ -179,7 +182,7 @@ impl Fact {
     /// Whether this is the fact `sale_id` names (no allocation).
     pub fn is_sale(&self, sale_id: &str) -> bool {
         sale_id
-            .strip_prefix(self.transaction_id.as_str())
+            .strip_prefix(&*self.transaction_id)
             .and_then(|rest| rest.strip_prefix(':'))
             .is_some_and(|line| line.parse() == Ok(self.line))
     }
@@ -230,6 +233,30 @@ pub struct Warehouse {
     /// Reused for building location keys.
     #[serde(skip)]
     scratch: String,
+    #[serde(skip)]
+    payment_methods: PaymentMethods,
+}
+
+/// The payment methods facts name, one shared copy of each (a handful of values, so
+/// every line of every event does not carry a copy of its own).
+#[derive(Debug, Clone, Default)]
+struct PaymentMethods(Vec<Arc<str>>);
+
+impl PaymentMethods {
+    /// At most this many are kept; others get a copy each.
+    const MOST: usize = 64;
+
+    fn get(&mut self, method: Option<&str>) -> Option<Arc<str>> {
+        let method = method?;
+        if let Some(m) = self.0.iter().find(|m| ***m == *method) {
+            return Some(m.clone());
+        }
+        let m: Arc<str> = Arc::from(method);
+        if self.0.len() < Self::MOST {
+            self.0.push(m.clone());
+        }
+        Some(m)
+    }
 }
 
 /// Which of the dim_customer rows waiting to be restated a bulk flush writes.
@@ -299,6 +326,9 @@ impl Warehouse {
         if self.dates.insert(epoch_day(date)) {
             self.new_dates.push(date);
         }
+        let transaction_id: Arc<str> = Arc::from(tx.transaction_id.as_str());
+        let payment_method = self.payment_methods.get(tx.payment_method.as_deref());
+        let (date_key, time_key) = (date_key(date), time_key(tx.timestamp));
         for (i, line) in tx.items.iter().enumerate() {
             let (product_key, new) = self.products.key(line.product_id.as_str());
             if new {
@@ -307,10 +337,10 @@ impl Warehouse {
             self.pending_facts.push(Fact {
                 kind: tx.kind,
                 line: i as u32,
-                transaction_id: tx.transaction_id.clone(),
+                transaction_id: transaction_id.clone(),
                 timestamp: tx.timestamp,
-                date_key: date_key(date),
-                time_key: time_key(tx.timestamp),
+                date_key,
+                time_key,
                 product_key,
                 customer_key,
                 location_key,
@@ -318,7 +348,7 @@ impl Warehouse {
                 unit_price_cents: line.unit_price_cents,
                 discount_cents: line.discount_cents,
                 total_cents: line.amount_cents(),
-                payment_method: tx.payment_method.clone(),
+                payment_method: payment_method.clone(),
             });
         }
     }
@@ -357,7 +387,7 @@ impl Warehouse {
         self.pending_facts.push(Fact {
             kind: line.kind,
             line: fact_line,
-            transaction_id: line.transaction_id.clone(),
+            transaction_id: Arc::from(line.transaction_id.as_str()),
             timestamp,
             date_key: date_key(date),
             time_key: time_key(timestamp),
@@ -368,7 +398,7 @@ impl Warehouse {
             unit_price_cents: line.unit_price_cents,
             discount_cents: line.discount_cents,
             total_cents: line.quantity * line.unit_price_cents - line.discount_cents,
-            payment_method: line.payment_method.clone(),
+            payment_method: self.payment_methods.get(line.payment_method.as_deref()),
         });
     }
 

@@ -224,7 +224,7 @@ pub fn fact(f: &Fact) -> Raw {
     let body = rawdoc! {
         "_id": sale_id.as_str(),
         "sale_id": sale_id.as_str(),
-        "transaction_id": f.transaction_id.as_str(),
+        "transaction_id": &*f.transaction_id,
         "timestamp": date(f.timestamp),
         "date_key": f.date_key,
         "time_key": f.time_key,

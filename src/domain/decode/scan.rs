@@ -345,7 +345,11 @@ impl<'de, T: Fields<'de>> Shape<'de> for Obj<T> {
 
 /// Reads the value of the member whose key hashes to `key_hash` into `slot` (the last of
 /// repeated keys wins).
-fn read_into<'de, A: MapAccess<'de>, S: Shape<'de>>(slot: &mut S, key_hash: u64, map: &mut A) -> Result<Member, A::Error> {
+fn read_into<'de, A: MapAccess<'de>, S: Shape<'de>>(
+    slot: &mut S,
+    key_hash: u64,
+    map: &mut A,
+) -> Result<Member, A::Error> {
     let (v, hash) = map.next_value_seed(Walk::<S>::new())?;
     let null = v.is_null();
     *slot = v;
