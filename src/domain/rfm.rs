@@ -769,8 +769,8 @@ impl RfmState {
 }
 
 /// A flush whose changed customers are at least 1/`BATCH_SHARE` of those ranked moves their
-/// keys with [`RankedSet::apply_batch`]: a key moved alone costs about what merging 30 keys
-/// does.
+/// keys with [`RankedSet::apply_batch`] (a merge of every key); below that, a live flush's
+/// few changes move one by one (a block shift each) rather than rewrite a million keys.
 const BATCH_SHARE: usize = 16;
 
 /// The keys a flush moves, gathered for [`RankedSet::apply_batch`]: per index, those
