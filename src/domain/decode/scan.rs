@@ -93,27 +93,22 @@ pub(crate) fn hash_str(s: &str) -> u64 {
 
 /// An array's fingerprint from its elements'.
 pub(crate) fn hash_array(elements: &[u64]) -> u64 {
-    hash_words(std::iter::once(elements.len() as u64).chain(elements.iter().copied()), SEED_ARRAY)
+    hash_words(elements.len() as u64, elements, SEED_ARRAY)
 }
 
-/// xxh3 of little-endian words, laid out on the stack when they fit.
-fn hash_words(words: impl Iterator<Item = u64> + Clone, seed: u64) -> u64 {
-    // A buffer no larger than needed: zeroing it is most of the cost for small objects.
-    match words.clone().count() {
-        0..=16 => hash_on_stack::<16>(words, seed),
-        17..=64 => hash_on_stack::<64>(words, seed),
-        _ => xxh3_64_with_seed(&words.flat_map(u64::to_le_bytes).collect::<Vec<u8>>(), seed),
+/// xxh3 of `first` and `rest` as little-endian words, laid out on the stack when they fit.
+fn hash_words(first: u64, rest: &[u64], seed: u64) -> u64 {
+    const ON_STACK: usize = 40;
+    if rest.len() >= ON_STACK {
+        let bytes: Vec<u8> = std::iter::once(first).chain(rest.iter().copied()).flat_map(u64::to_le_bytes).collect();
+        return xxh3_64_with_seed(&bytes, seed);
     }
-}
-
-fn hash_on_stack<const N: usize>(words: impl Iterator<Item = u64>, seed: u64) -> u64 {
-    let mut buf = [[0u8; 8]; N];
-    let mut n = 0;
-    for (slot, w) in buf.iter_mut().zip(words) {
+    let mut buf = [[0u8; 8]; ON_STACK];
+    buf[0] = first.to_le_bytes();
+    for (slot, w) in buf[1..].iter_mut().zip(rest) {
         *slot = w.to_le_bytes();
-        n += 1;
     }
-    xxh3_64_with_seed(buf[..n].as_flattened(), seed)
+    xxh3_64_with_seed(buf[..=rest.len()].as_flattened(), seed)
 }
 
 /// The members of one object, as read: the key's hash, the value's fingerprint, and
@@ -136,13 +131,13 @@ const fn const_hash_key(key: &str) -> u64 {
 pub(crate) fn hash_object(members: &mut Members) -> u64 {
     // Stable: among repeats of a key the last read stays last.
     members.sort_by_key(|m| m.0);
-    let members = &*members;
-    let kept = members
-        .iter()
-        .enumerate()
-        .filter(|&(i, &(key, _, null))| !null && members.get(i + 1).is_none_or(|next| next.0 != key));
-    let count = kept.clone().count() as u64;
-    hash_words(std::iter::once(count).chain(kept.flat_map(|(_, &(key, h, _))| [key, h])), SEED_OBJECT)
+    let mut words: SmallVec<[u64; 32]> = SmallVec::new();
+    for (i, &(key, h, null)) in members.iter().enumerate() {
+        if !null && members.get(i + 1).is_none_or(|next| next.0 != key) {
+            words.extend([key, h]);
+        }
+    }
+    hash_words(words.len() as u64 / 2, &words, SEED_OBJECT)
 }
 
 /// What a value is read into, by the JSON type it turns out to have.
