@@ -513,21 +513,35 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   previous published run), 15 s of it the index build.
 - **Engine** (issue 15): decoding is one pass without a DOM (serde_json drives
   visitors that keep the SPEC's members borrowed and hash the rest into the fingerprint),
-  and the binary and these benchmarks run on jemalloc. Before, glibc's malloc/free
-  (consolidation, unlinking) and fresh-page faults were over a quarter of `apply`'s
-  profile. What `apply` spends at the interned layout (perf of `engine/apply`, 200k
-  events, flush every 10k; self time, the bench's setup included): bringing the rank
-  indexes up to date at the flush ~11% (`sync_ranks`) plus most of the 10% in memmove;
-  the star schema ~10% (facts, a `format!` per fact id, dim_customer restates); dedup
-  ~8% (its sweeps' `retain` 5%, `admit` 2%); the interned ids ~5%; the allocator ~6%;
-  RFM documents ~2%. This run removed three of those: a fact keeps its line index and
-  its `sale_id` string is built when it is written (no `format!` per line in `apply`);
-  dedup sweeps every 3 days of event time instead of every day (SPEC asks to remember
-  ids at least the horizon); a rank key that stays in its block moves by one rotation.
-  A/B against the build before, alternating, `engine/apply`: 386k → 420–440k, → 436–452k,
-  → 445–451k events/s; this run 466,596 (370,361 in the run before). Smaller rank blocks (128 keys instead of 512) measured slower
-  (266–282k vs 295–307k events/s, alternating runs), so the block size stays.
-  Decoding's remaining cost is serde_json's string scanning and UTF-8 checks and the
+  and the binary and these benchmarks run on jemalloc. Earlier runs took out a `format!`
+  per fact id, daily dedup sweeps (now every 3 days of event time; SPEC asks to remember
+  ids at least the horizon) and two block shifts per rank move (one rotation when a key
+  stays in its block): 386k → 466,596 events/s (run-1796633982). This run's changes,
+  each an A/B of the build before against the build after, alternating on this machine:
+  - **decode** 1.27× → 1.53× the `Value` parse: the message's UTF-8 is checked once up
+    front (simdutf8) and parsed as a `str`, so serde_json no longer checks each string
+    (`from_utf8` was 7% of decode); the member names' hashes are constants; an amount of
+    at most two decimals is converted without printing its digits (the formatter was
+    3%); an object's hash buffer is sized to it. Then → 1.67×: an object's kept members
+    gathered in one pass (the filter ran three times through an iterator chain);
+  - **apply** ~430k → ~500k events/s: a flush that changed at least 1/16 of the
+    customers moves their rank keys in one merge per index (`RankedSet::apply_batch`)
+    instead of a block shift per key; the bench's flushes (10,000 events over 20,000
+    customers) all take that path, and so do a replay's and a catch-up's. Also: a line's
+    fact shares its event's transaction id and an interned payment method (`Arc<str>`,
+    two allocations a line fewer, the same snapshot bytes); the RFM flush hands each
+    document's handle to the dim_customer restate, which looked the id up again; rank
+    blocks of 64–128 keys instead of 512–1024. The block size was A/B'd before the
+    batched merge (445k vs 429k and 407k vs 387k events/s for the smaller blocks); an
+    earlier session measured 128-key blocks slower than 512, so that figure is not
+    settled, and with the merge the bench rarely moves a key alone.
+  What `apply` spends now (perf of `engine/apply`, self time, the bench's setup
+  included): no part above ~6%. The star schema's facts and keys (~6%, plus most of the
+  memmove 4.5%), the dim_customer restates' ordered maps (~5%: a `BTreeMap` and a
+  `BTreeSet` per changed customer), dedup (~6%: `admit` and the sweep's `retain`), the
+  interned ids (~5%), products (~3%), the allocator (~4%), string compares (~4%), the
+  RFM flush (~4%). 1M/s needs them all halved; no single change left does it. Decoding's
+  remaining cost is serde_json's string scanning, the fingerprint's hashing and the
   event's owned strings (about 20 allocations an event). On the live path the engine is
   not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core;
   the service's ~0.55 core before paced fetching was mostly librdkafka's fetch loop
@@ -565,8 +579,10 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   id; 75 → 4 bytes per customer for its key maps), purchases and last-purchase days ranked
   under one packed `u64` key (16 → 8 bytes, monetary keeps 16), and large vectors restored
   at their exact length. "Resident after build" stays above "after restore" by the build's
-  spare capacity (hash tables and rank blocks grown by doubling and splitting). What is
-  left (the table by part): the customer records and ids (~65–70 B), the dedup entries
+  spare capacity (hash tables grown by doubling). It fell from 188 to 153 B per customer
+  at 1M in this run: the build's one flush now rebuilds the rank indexes in one merge,
+  with blocks at their exact length, where they had grown by doubling and splitting.
+  What is left (the table by part): the customer records and ids (~65–70 B), the dedup entries
   (32 bytes per transaction id within the horizon, 1.2 per customer here), the three rank
   indexes (~32 B).
 
