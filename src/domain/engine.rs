@@ -387,7 +387,10 @@ impl Engine {
         all: Option<&RfmCounts>,
     ) -> ViewChanges {
         self.views_generation += 1;
-        let rfm = self.rfm.flush_ranked(as_of, full, all);
+        let rfm = match all {
+            Some(all) => self.rfm.flush_with(as_of, full, all),
+            None => self.rfm.flush(as_of, full),
+        };
         let (products, trends) = match self.part {
             Some(_) => Default::default(),
             None => (self.products.flush_ranks(as_of, full, ranks), self.trends.flush(as_of, full)),

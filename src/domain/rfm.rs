@@ -560,9 +560,10 @@ impl RfmState {
     /// The documents that changed since the last flush, as of `as_of`; with `full`, every
     /// document. Afterwards nothing is dirty. Each is paired with what becomes of the
     /// customer's dim_customer row (segment, lifetime value): a customer whose scores moved
-    /// only because the boundaries did, within the same segment, keeps its row.
-    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, DimRow)> {
-        without_handles(self.flush_ranked(as_of, full, None))
+    /// only because the boundaries did, within the same segment, keeps its row, and with
+    /// the customer's handle.
+    pub fn flush(&mut self, as_of: DateTime<Utc>, full: bool) -> Vec<(RfmDoc, DimRow, u32)> {
+        self.flush_ranked(as_of, full, None)
     }
 
     /// A state holding some of the customers (an input partition's): the changes of its
@@ -597,13 +598,11 @@ impl RfmState {
     /// [`RfmState::flush`] of a state holding some of the customers, scored against `all`:
     /// the counts of every customer, this state's published changes included. A state that
     /// flushes this way must flush this way every time.
-    pub fn flush_with(&mut self, as_of: DateTime<Utc>, full: bool, all: &RfmCounts) -> Vec<(RfmDoc, DimRow)> {
-        without_handles(self.flush_ranked(as_of, full, Some(all)))
+    pub fn flush_with(&mut self, as_of: DateTime<Utc>, full: bool, all: &RfmCounts) -> Vec<(RfmDoc, DimRow, u32)> {
+        self.flush_ranked(as_of, full, Some(all))
     }
 
-    /// [`RfmState::flush`] (or, with `all`, [`RfmState::flush_with`]), each document with its
-    /// customer's handle.
-    pub(super) fn flush_ranked(
+    fn flush_ranked(
         &mut self,
         as_of: DateTime<Utc>,
         full: bool,
@@ -743,7 +742,11 @@ impl RfmState {
                 continue;
             }
             match batch.as_mut() {
-                Some(batch) => batch.add(old, now, idx),
+                Some(batch) => {
+                    batch.frequency.add(old.map(|k| k.frequency), now.map(|k| k.frequency), idx);
+                    batch.monetary.add(old.map(|k| k.monetary), now.map(|k| k.monetary), idx);
+                    batch.last_day.add(old.map(|k| k.last_day), now.map(|k| k.last_day), idx);
+                }
                 None => {
                     move_key(&mut ranks.frequency, old.map(|k| k.frequency), now.map(|k| k.frequency), idx);
                     move_key(&mut ranks.monetary, old.map(|k| k.monetary), now.map(|k| k.monetary), idx);
@@ -773,8 +776,7 @@ impl RfmState {
 /// few changes move one by one (a block shift each) rather than rewrite a million keys.
 const BATCH_SHARE: usize = 16;
 
-/// The keys a flush moves, gathered for [`RankedSet::apply_batch`]: per index, those
-/// removed and those inserted.
+/// The keys a flush moves, gathered per rank index for [`RankedSet::apply_batch`].
 #[derive(Default)]
 struct RankBatch {
     frequency: Moves<Packed<0>>,
@@ -782,35 +784,36 @@ struct RankBatch {
     last_day: Moves<Packed<{ 1 << 31 }>>,
 }
 
-/// Keys removed from one rank index, and keys inserted.
-type Moves<K> = (Vec<K>, Vec<K>);
-
 impl RankBatch {
-    fn add(&mut self, old: Option<RankKeys>, now: Option<RankKeys>, idx: u32) {
-        fn put<K: RankKey>(side: &mut Vec<K>, value: i64, idx: u32) {
-            side.push(K::new(value, idx));
-        }
-        if let Some(k) = old {
-            put(&mut self.frequency.0, k.frequency, idx);
-            put(&mut self.monetary.0, k.monetary, idx);
-            put(&mut self.last_day.0, k.last_day, idx);
-        }
-        if let Some(k) = now {
-            put(&mut self.frequency.1, k.frequency, idx);
-            put(&mut self.monetary.1, k.monetary, idx);
-            put(&mut self.last_day.1, k.last_day, idx);
-        }
-    }
-
     fn apply(self, ranks: &mut RankIndexes) {
-        ranks.frequency.apply_batch(self.frequency.0, self.frequency.1);
-        ranks.monetary.apply_batch(self.monetary.0, self.monetary.1);
-        ranks.last_day.apply_batch(self.last_day.0, self.last_day.1);
+        self.frequency.apply(&mut ranks.frequency);
+        self.monetary.apply(&mut ranks.monetary);
+        self.last_day.apply(&mut ranks.last_day);
     }
 }
 
-fn without_handles(docs: Vec<(RfmDoc, DimRow, u32)>) -> Vec<(RfmDoc, DimRow)> {
-    docs.into_iter().map(|(doc, dim, _)| (doc, dim)).collect()
+/// Keys to remove from one rank index, and keys to insert.
+struct Moves<K> {
+    removes: Vec<K>,
+    inserts: Vec<K>,
+}
+
+impl<K> Default for Moves<K> {
+    fn default() -> Self {
+        Moves { removes: Vec::new(), inserts: Vec::new() }
+    }
+}
+
+impl<K: RankKey> Moves<K> {
+    /// [`move_key`], deferred.
+    fn add(&mut self, old: Option<i64>, now: Option<i64>, idx: u32) {
+        self.removes.extend(old.map(|v| K::new(v, idx)));
+        self.inserts.extend(now.map(|v| K::new(v, idx)));
+    }
+
+    fn apply(self, set: &mut RankedSet<K>) {
+        set.apply_batch(self.removes, self.inserts);
+    }
 }
 
 /// Moves customer `idx`'s key in one rank index from its old value to its new one (either
@@ -981,7 +984,7 @@ mod tests {
                     split[part].apply(tx);
                 }
                 Split::Flush { as_of, full } => {
-                    for (doc, _) in one.flush(as_of, full) {
+                    for (doc, ..) in one.flush(as_of, full) {
                         written_one.insert(doc.customer_id.clone(), doc);
                     }
                     for id in one.take_removed() {
@@ -991,7 +994,7 @@ mod tests {
                         all.apply(&part.publish_counts());
                     }
                     for part in split.iter_mut() {
-                        for (doc, _) in part.flush_with(as_of, full, &all) {
+                        for (doc, ..) in part.flush_with(as_of, full, &all) {
                             written_split.insert(doc.customer_id.clone(), doc);
                         }
                         for id in part.take_removed() {
