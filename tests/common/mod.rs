@@ -242,9 +242,24 @@ where
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A port free now, for a server a test starts. Taken below the kernel's ephemeral range
+/// (32768 and up): a port `bind(0)` hands out is ephemeral, and any outgoing connection of
+/// a test running beside may take it as its local port before the server binds it (seen in
+/// CI: "cannot listen on 127.0.0.1:41145: Address already in use"). Each test process
+/// starts at its own offset, so parallel processes rarely try the same ports.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + start.wrapping_add(n.wrapping_mul(101)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 pub fn manifest_dir() -> PathBuf {
