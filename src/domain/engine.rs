@@ -308,13 +308,7 @@ impl Engine {
         let c = self.rfm.customer_at(customer);
         if c.frequency == 0 {
             if let Some(customer_key) = self.warehouse.customers.get(customer) {
-                let row = DimCustomer {
-                    customer_key,
-                    customer_id: tx.user_id.to_string(),
-                    customer_segment: None,
-                    lifetime_value_cents: c.monetary,
-                };
-                self.warehouse.restate_customer(row, self.views_generation + 1);
+                self.warehouse.restate_customer(customer_key, &tx.user_id, None, c.monetary, self.views_generation + 1);
             }
         }
         match self.part.as_deref_mut() {
@@ -407,26 +401,16 @@ impl Engine {
                 }
             };
             if let Some(customer_key) = self.warehouse.customers.get(*handle) {
-                let row = DimCustomer {
-                    customer_key,
-                    customer_id: d.customer_id.clone(),
-                    customer_segment: Some(d.rfm_segment.clone()),
-                    lifetime_value_cents: d.monetary_cents,
-                };
-                self.warehouse.restate_customer(row, generation);
+                let segment = Some(d.rfm_segment.as_str());
+                self.warehouse.restate_customer(customer_key, &d.customer_id, segment, d.monetary_cents, generation);
             }
         }
         let rfm_deletes = self.rfm.take_removed();
         // A repair took their last purchase: no segment any more.
         for id in &rfm_deletes {
             if let Some(customer_key) = self.customer_key(id) {
-                let row = DimCustomer {
-                    customer_key,
-                    customer_id: id.clone(),
-                    customer_segment: None,
-                    lifetime_value_cents: self.rfm.customer(id).map_or(0, |c| c.monetary),
-                };
-                self.warehouse.restate_customer(row, self.views_generation);
+                let lifetime = self.rfm.customer(id).map_or(0, |c| c.monetary);
+                self.warehouse.restate_customer(customer_key, id, None, lifetime, self.views_generation);
             }
         }
         let rfm = rfm.into_iter().map(|(d, ..)| d).collect();

@@ -220,14 +220,16 @@ pub struct Warehouse {
     new_dates: Vec<NaiveDate>,
     /// dim_customer rows the view flushes changed (segment, lifetime value) since the bulk
     /// lane last took them, by customer key: the latest value of each, written once.
-    restated_customers: BTreeMap<i32, DimCustomer>,
-    /// The keys of `restated_customers`, each with the view-flush generation it first
-    /// changed in (or was spread to), in that order: a bulk flush writes those whose wait
-    /// is over ([`Restate::ChangedBy`]), so restates flow evenly instead of in bursts. Not
-    /// in snapshots: rebuilt (every waiting row due at once) on the first take after a
-    /// restore.
+    /// Serialized in key order (the bytes an ordered map gives: one state, one snapshot).
+    #[serde(serialize_with = "in_key_order")]
+    restated_customers: super::FastMap<i32, DimCustomer>,
+    /// The keys of `restated_customers` by the view-flush generation each first changed in
+    /// (or was spread to): a bulk flush writes those whose wait is over
+    /// ([`Restate::ChangedBy`]), oldest generation first and by key within one, so
+    /// restates flow evenly instead of in bursts. Not in snapshots: rebuilt (every waiting
+    /// row due at once) on the first take after a restore.
     #[serde(skip)]
-    restate_queue: std::collections::BTreeSet<(u64, i32)>,
+    restate_queue: BTreeMap<u64, Vec<i32>>,
     #[serde(skip)]
     restate_queue_built: bool,
     /// Reused for building location keys.
@@ -267,6 +269,16 @@ pub enum Restate {
     /// Those that first changed in view flush generation `n` or earlier.
     ChangedBy(u64),
     All,
+}
+
+/// A map serialized as an ordered one would be: its entries in key order.
+fn in_key_order<S: serde::Serializer, K: Ord + serde::Serialize, V: serde::Serialize>(
+    map: &super::FastMap<K, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serializer.collect_map(entries)
 }
 
 impl Warehouse {
@@ -408,12 +420,37 @@ impl Warehouse {
         self.pending_removals.push((kind, sale_id.to_owned()));
     }
 
-    /// Notes a customer's current dim_customer row, changed by view flush `generation`; an
-    /// earlier one not yet taken is replaced (and keeps its place in the queue).
-    pub fn restate_customer(&mut self, row: DimCustomer, generation: u64) {
-        let key = row.customer_key;
-        if self.restated_customers.insert(key, row).is_none() {
-            self.restate_queue.insert((generation, key));
+    /// Notes a customer's current dim_customer row (`customer_key`, the customer's id,
+    /// segment and lifetime value), changed by view flush `generation`; an earlier one not
+    /// yet taken is updated in place (and keeps its place in the queue).
+    pub fn restate_customer(
+        &mut self,
+        customer_key: i32,
+        customer_id: &str,
+        segment: Option<&str>,
+        lifetime_value_cents: Cents,
+        generation: u64,
+    ) {
+        use std::collections::hash_map::Entry;
+        match self.restated_customers.entry(customer_key) {
+            Entry::Occupied(mut e) => {
+                let row = e.get_mut();
+                row.lifetime_value_cents = lifetime_value_cents;
+                match (&mut row.customer_segment, segment) {
+                    (Some(old), Some(new)) if old == new => {}
+                    (Some(old), Some(new)) => new.clone_into(old),
+                    (old, new) => *old = new.map(str::to_owned),
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(DimCustomer {
+                    customer_key,
+                    customer_id: customer_id.to_owned(),
+                    customer_segment: segment.map(str::to_owned),
+                    lifetime_value_cents,
+                });
+                self.restate_queue.entry(generation).or_default().push(customer_key);
+            }
         }
     }
 
@@ -422,27 +459,31 @@ impl Warehouse {
     pub fn take_restated(&mut self, restate: Restate, keys: &[(i32, String)]) -> Vec<DimCustomer> {
         if !self.restate_queue_built {
             // After a restore: the rows waiting are due (generation 0).
-            self.restate_queue = self.restated_customers.keys().map(|&k| (0, k)).collect();
+            self.restate_queue = BTreeMap::from([(0, self.restated_customers.keys().copied().collect())]);
             self.restate_queue_built = true;
         }
         let mut rows = Vec::new();
         match restate {
             Restate::All => {
                 self.restate_queue.clear();
-                return std::mem::take(&mut self.restated_customers).into_values().collect();
+                rows = self.restated_customers.drain().map(|(_, row)| row).collect();
+                rows.sort_unstable_by_key(|row| row.customer_key);
+                return rows;
             }
             Restate::ChangedBy(generation) => {
-                while let Some(&(g, key)) = self.restate_queue.first() {
-                    if g > generation {
+                while let Some(mut entry) = self.restate_queue.first_entry() {
+                    if *entry.key() > generation {
                         break;
                     }
-                    self.restate_queue.pop_first();
-                    rows.extend(self.restated_customers.remove(&key));
+                    let keys = entry.get_mut();
+                    keys.sort_unstable();
+                    rows.extend(keys.iter().filter_map(|key| self.restated_customers.remove(key)));
+                    entry.remove();
                 }
             }
             Restate::None => {}
         }
-        // A key taken here leaves its queue entry behind; popping it later finds nothing
+        // A key taken here leaves its queue entry behind; taking it later finds nothing
         // (or the key's newer row, written a little early).
         rows.extend(keys.iter().filter_map(|(key, _)| self.restated_customers.remove(key)));
         rows
