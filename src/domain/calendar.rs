@@ -5,8 +5,11 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
 
 /// Days since 1970-01-01.
 pub fn epoch_day(date: NaiveDate) -> i32 {
-    (date - NaiveDate::default()).num_days() as i32
+    date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
 }
+
+/// 1970-01-01 counted from 0001-01-01 (day 1).
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
 /// The date of a day number.
 pub fn date_of(day: i32) -> NaiveDate {
@@ -69,6 +72,15 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn day_numbers_count_from_1970_both_ways() {
+        for day in [-800_000, -719_163, -1, 0, 1, 20_000, 2_000_000] {
+            let date = NaiveDate::default() + Duration::days(day);
+            assert_eq!(epoch_day(date), day as i32);
+            assert_eq!(epoch_day(date), (date - NaiveDate::default()).num_days() as i32);
+        }
     }
 
     #[test]

@@ -242,6 +242,11 @@ pub struct TrendState {
     sessions: BTreeMap<Period, SessionCounts>,
     last_as_of_day: Option<i32>,
     late_events: u64,
+    /// The day the latest events fell on, with its day, week and month: all three held and
+    /// marked dirty since the last flush. Events come mostly in day order, so the next one
+    /// usually only adds to those buckets (not found again, not marked again).
+    #[serde(skip)]
+    marked: Option<(i32, [Period; 3])>,
 }
 
 impl TrendState {
@@ -252,6 +257,7 @@ impl TrendState {
             sessions: BTreeMap::new(),
             last_as_of_day: None,
             late_events: 0,
+            marked: None,
         }
     }
 
@@ -283,21 +289,32 @@ impl TrendState {
 
     /// Adds the counts of events dated `day` to its day, week and month.
     fn apply_day(&mut self, day: i32, counts: &Bucket) {
-        let mut kept = false;
+        if let Some((marked, periods)) = self.marked {
+            if marked == day {
+                for (s, period) in self.series.iter_mut().zip(periods) {
+                    s.buckets.entry(period).or_default().merge(counts);
+                }
+                return;
+            }
+        }
+        let mut kept = [false; 3];
+        let periods = Granularity::ALL.map(|g| period_of(g, day));
         for g in Granularity::ALL {
-            let period = period_of(g, day);
+            let period = periods[g as usize];
             let s = &mut self.series[g as usize];
             if s.floor.is_some_and(|f| period < f) {
                 continue;
             }
-            kept = true;
+            kept[g as usize] = true;
             s.buckets.entry(period).or_default().merge(counts);
             s.dirty.insert(period);
             if g == Granularity::Daily {
                 s.dirty.extend(period + 1..=period + 6);
             }
         }
-        if !kept {
+        if kept == [true; 3] {
+            self.marked = Some((day, periods));
+        } else if kept == [false; 3] {
             self.late_events += (counts.purchases + counts.refunds) as u64;
         }
     }
@@ -433,6 +450,7 @@ impl TrendState {
                 self.sessions = self.sessions.split_off(&keep_from);
             }
             s.floor = Some(keep_from);
+            self.marked = None;
             let dirty = std::mem::take(&mut s.dirty);
             let periods: Vec<Period> = if slid {
                 s.buckets.range(first..=last).map(|(p, _)| *p).collect()
