@@ -466,7 +466,9 @@ impl Warehouse {
         match restate {
             Restate::All => {
                 self.restate_queue.clear();
-                rows = self.restated_customers.drain().map(|(_, row)| row).collect();
+                // Taken, not drained: the table goes too (a restore's converging flush can
+                // restate every customer once, and a drained table keeps its size).
+                rows = std::mem::take(&mut self.restated_customers).into_values().collect();
                 rows.sort_unstable_by_key(|row| row.customer_key);
                 return rows;
             }
@@ -486,6 +488,12 @@ impl Warehouse {
         // A key taken here leaves its queue entry behind; taking it later finds nothing
         // (or the key's newer row, written a little early).
         rows.extend(keys.iter().filter_map(|(key, _)| self.restated_customers.remove(key)));
+        // A hash table does not shrink as rows leave: after a burst (every customer restated
+        // by a restore's converging flush), give the room back once it is mostly empty.
+        let waiting = &mut self.restated_customers;
+        if waiting.capacity() > 4096 && waiting.len() < waiting.capacity() / 8 {
+            waiting.shrink_to(waiting.len() * 2);
+        }
         rows
     }
 
