@@ -509,43 +509,61 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   cores. Above about 4,000 events/s the bulk lane fills `max_pending_facts` and
   consumption pauses (backpressure), so both latencies grow with the backlog's age.
 - **Replay** loads into an empty database first and builds the secondary indexes after,
-  as mongorestore does: 1M events in 68–71 s in the last two runs (311 s in the
-  previous published run), 15 s of it the index build.
+  as mongorestore does: 1M events in 68–71 s in two earlier runs, 15 s of it the index
+  build; 108 s in this run (32 s of it the index build), on the slower machine below.
+- **This run's machine** is an AMD EPYC where the previous published run
+  (run-1796643736/run-1796646050) had an Intel Xeon, and its same-run baselines ran
+  slower: the count+sum baseline 8.4M against 18.2M events/s (0.46×), the `Value` parse
+  268,598 against 313,072 (0.86×), the bare consumer 212,999 against 339,557 messages/s
+  (0.63×), DuckDB on the 1M-event file 7.41 against 4.09 s (0.55×), the bare sink 32,925
+  against 46,988 documents/s (0.70×). So read the ratios, not the absolute figures, across
+  runs, and some ratios moved with it: decode is 1.43× the `Value` parse here with the
+  decoder that measured 1.67× there (no decoding code changed since); the latency curve's knee fell from 2,000 to 500 events/s (views p99 at 2,000:
+  3.35 s here, 0.83 s there) with mongod's documents/s at 0.70× and the live path's code
+  unchanged but for two changes that take work out (below). Memory is not a speed: 150 B
+  per customer at 1M here, 153 B there.
 - **Engine** (issue 15): decoding is one pass without a DOM (serde_json drives
   visitors that keep the SPEC's members borrowed and hash the rest into the fingerprint),
   and the binary and these benchmarks run on jemalloc. Earlier runs took out a `format!`
   per fact id, daily dedup sweeps (now every 3 days of event time; SPEC asks to remember
-  ids at least the horizon) and two block shifts per rank move (one rotation when a key
-  stays in its block): 386k → 466,596 events/s (run-1796633982). This run's changes,
-  each an A/B of the build before against the build after, alternating on this machine:
-  - **decode** 1.27× → 1.53× the `Value` parse: the message's UTF-8 is checked once up
-    front (simdutf8) and parsed as a `str`, so serde_json no longer checks each string
-    (`from_utf8` was 7% of decode); the member names' hashes are constants; an amount of
-    at most two decimals is converted without printing its digits (the formatter was
-    3%); an object's hash buffer is sized to it. Then → 1.67×: an object's kept members
-    gathered in one pass (the filter ran three times through an iterator chain);
-  - **apply** ~430k → ~500k events/s: a flush that changed at least 1/16 of the
-    customers moves their rank keys in one merge per index (`RankedSet::apply_batch`)
-    instead of a block shift per key; the bench's flushes (10,000 events over 20,000
-    customers) all take that path, and so do a replay's and a catch-up's. Also: a line's
-    fact shares its event's transaction id and an interned payment method (`Arc<str>`,
-    two allocations a line fewer, the same snapshot bytes); the RFM flush hands each
-    document's handle to the dim_customer restate, which looked the id up again; rank
-    blocks of 64–128 keys instead of 512–1024. The block size was A/B'd before the
-    batched merge (445k vs 429k and 407k vs 387k events/s for the smaller blocks); an
-    earlier session measured 128-key blocks slower than 512, so that figure is not
-    settled, and with the merge the bench rarely moves a key alone.
+  ids at least the horizon), two block shifts per rank move, checked each string's UTF-8
+  once up front (simdutf8), made the member names' hashes constants, converted amounts of
+  at most two decimals without printing them, gathered an object's kept members in one
+  pass (decode 1.27× → 1.67× the `Value` parse in run-1796643736), moved a flush's rank
+  keys in one merge per index when at least 1/16 of the customers changed
+  (`RankedSet::apply_batch`), shared a line's transaction id and payment method with its
+  event (`Arc<str>`) and shrank rank blocks to 64–128 keys (apply 466,596 → 570,640
+  events/s between run-1796633982 and run-1796646050). This run's changes, each an A/B
+  of the build before against the build after, alternating on this machine (which ran
+  about half as fast as in the previous published run, and noisily: ±10% between
+  repeats of one binary):
+  - **dim_customer restates** wait in a hash map updated in place (the segment string
+    reused) and in per-generation buckets, where each changed customer cost an ordered
+    map insert, an ordered set insert and two strings allocated and dropped per view
+    flush (`restate_customer` and its B-tree inserts were ~5.5% of `apply`'s profile).
+    They are taken in the same order and the snapshot's bytes are the same (serialized in
+    key order);
+  - **trends**: an event dated the day the previous one was only adds to its day, week
+    and month; before, each event found its three periods again and marked seven days and
+    its week and month dirty (nine ordered-set inserts an event), and day numbers are
+    computed from `num_days_from_ce` instead of a date difference;
+  - `engine/apply` in the A/B, means of 3–7 alternating runs: ~237k events/s before,
+    ~239k with the restates alone (not above the noise), ~303k with both (the machine's
+    slow hours; the table above is this run's).
   What `apply` spends now (perf of `engine/apply`, self time, the bench's setup
-  included): no part above ~6%. The star schema's facts and keys (~6%, plus most of the
-  memmove 4.5%), the dim_customer restates' ordered maps (~5%: a `BTreeMap` and a
-  `BTreeSet` per changed customer), dedup (~6%: `admit` and the sweep's `retain`), the
-  interned ids (~5%), products (~3%), the allocator (~4%), string compares (~4%), the
-  RFM flush (~4%). 1M/s needs them all halved; no single change left does it. Decoding's
-  remaining cost is serde_json's string scanning, the fingerprint's hashing and the
-  event's owned strings (about 20 allocations an event). On the live path the engine is
-  not what the service's CPU goes to: at 2,000 events/s it applies them in ~1% of a core;
-  the service's ~0.55 core before paced fetching was mostly librdkafka's fetch loop
-  (above), and is ~0.13 core with it.
+  included): no part above ~6%: the star schema's facts and keys (~5%, plus most of the
+  memmove ~5%), the interned ids (~6%: a lookup reads the hash table, the end offsets and
+  the bytes), products (~6%: the id's lookup, the four attribute compares), dedup (~4%:
+  `admit` and the sweep's `retain`), the allocator (~3%), string compares (~3%), the RFM
+  flush (~3%); the restates and the trend marks are gone from it. 1M/s needs them all
+  halved; no single change left does it. Reading all views from the file, one core,
+  spends about half in decoding (serde_json's string scanning, the fingerprint's hashing,
+  the event's owned strings: about 20 allocations an event) and half in `apply`, whose
+  largest parts there are the product window (`apply_line` and its attribute compares,
+  ~8%) and the ids (~8%); the final flush of every view is ~0.1 s of it. On the live path
+  the engine is not what the service's CPU goes to: at 2,000 events/s it applies them in
+  ~1% of a core; the service's ~0.55 core before paced fetching was mostly librdkafka's
+  fetch loop (above), and is ~0.13 core with it.
 - **Scale-out on this machine** (§7). Cluster mode with one instance takes 1.2–1.6× the
   classic instance's time over the same events (over runs); mongod does more work (the
   exchange's chunks, the reads of them, and the view writes of partitions that finished
@@ -580,8 +598,12 @@ and the per-day query (the least any comparison pays), best of two warm runs.
   under one packed `u64` key (16 → 8 bytes, monetary keeps 16), and large vectors restored
   at their exact length. "Resident after build" stays above "after restore" by the build's
   spare capacity (hash tables grown by doubling). It fell from 188 to 153 B per customer
-  at 1M in this run: the build's one flush now rebuilds the rank indexes in one merge,
-  with blocks at their exact length, where they had grown by doubling and splitting.
+  at 1M in run-1796643736: the build's one flush rebuilds the rank indexes in one merge,
+  with blocks at their exact length, where they had grown by doubling and splitting. The
+  dim_customer restates moving into a hash table (this run) first showed 303 B after the
+  build: that one flush restates every customer and the table, drained, kept its size; it
+  is now taken whole when every waiting row is written, and shrinks once mostly empty
+  (step 4 re-run: 150 B).
   What is left (the table by part): the customer records and ids (~65–70 B), the dedup entries
   (32 bytes per transaction id within the horizon, 1.2 per customer here), the three rank
   indexes (~32 B).
